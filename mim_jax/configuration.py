@@ -1,0 +1,166 @@
+"""Config defaults shared by every pretraining config, and validation with errors that name the field."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
+from mim_jax.sharding import DEFAULT_RULES
+
+IMAGENET_TRAIN_SIZE = 1_281_167
+DTYPES = ("float32", "bfloat16")
+DATA_SOURCES = ("arrayrecord", "synthetic")
+POOLS = ("cls", "mean")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value we cannot run with; the message names the field and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All pretraining fields with their defaults (the demo and study configs start from this)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100_000
+    c.objective = "mae"
+
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "B/16"          # key of mim_jax.models.vit.VIT_SIZES
+    c.model.width = 0                 # 0 = from the size table; non-zero overrides it
+    c.model.depth = 0
+    c.model.heads = 0
+    c.model.mlp_dim = 0
+    c.model.patch_size = 0
+    c.model.image_size = 224
+    c.model.mask_ratio = 0.75
+    c.model.norm_pix_loss = True
+    c.model.dtype = "bfloat16"        # compute dtype; params, optimizer and loss stay float32
+    c.model.remat = "none"            # none | full | save_dots
+    c.model.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, heads=16, mlp_ratio=4))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "arrayrecord"     # arrayrecord (a directory written by mim_jax.data) | synthetic
+    c.data.path = ""                  # dataset directory for source=arrayrecord
+    c.data.train_split = "train"
+    c.data.val_split = "val"
+    c.data.global_batch_size = 4096
+    c.data.crop_scale = (0.2, 1.0)
+    c.data.crop_ratio = (3 / 4, 4 / 3)
+    c.data.num_workers = 0            # grain worker processes per host (0 = in the main process)
+    c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20_000, num_val=2_500, image_size=72, seed=0))
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.base_lr = 1.5e-4          # lr = base_lr * global_batch_size / 256
+    c.optim.min_lr = 0.0
+    c.optim.warmup_steps = 40 * IMAGENET_TRAIN_SIZE // 4096
+    c.optim.weight_decay = 0.05
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.grad_clip_norm = 0.0      # 0 = no clipping (MAE)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.shape = (-1, 1, 1)         # (data, fsdp, tensor); one -1 fills the remaining devices
+    c.mesh.rules = DEFAULT_RULES
+
+    c.ckpt = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
+    c.log = ml_collections.ConfigDict(dict(every_steps=50))
+
+    c.evals = ml_collections.ConfigDict()
+    c.evals.linear_probe = probe_config()
+    return c
+
+
+def probe_config() -> ml_collections.ConfigDict:
+    """Linear-probe fields (MAE protocol: BN without affine + linear, LARS, blr 0.1, 90 epochs)."""
+    p = ml_collections.ConfigDict()
+    p.at_end = False                  # run after the last pretraining step -> evals/linear_probe.json
+    p.random_init_baseline = False    # also probe the same encoder at random init
+    p.pool = "cls"                    # cls (MAE protocol) | mean (of patch tokens)
+    p.epochs = 90
+    p.warmup_epochs = 10
+    p.batch_size = 16384
+    p.base_lr = 0.1                   # lr = base_lr * batch_size / 256
+    p.max_train_examples = 0          # 0 = the whole train split
+    p.feature_batch_size = 256
+    return p
+
+
+def _require(ok: bool, field: str, value, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}={value!r}: {fix}")
+
+
+def _positive_int(cfg, path: str, prefix: str = "") -> None:
+    value = cfg
+    for part in path.split("."):
+        value = value[part]
+    field = prefix + path
+    _require(isinstance(value, int) and value > 0, field, value, f"must be a positive integer, "
+             f"e.g. --config.{field}=100")
+
+
+def validate_model(model: ml_collections.ConfigDict) -> None:
+    """Check the encoder/decoder fields."""
+    _require(model.variant in VIT_SIZES, "model.variant", model.variant, f"use one of {sorted(VIT_SIZES)}")
+    _require(0.0 < model.mask_ratio < 1.0, "model.mask_ratio", model.mask_ratio, "must lie in (0, 1), e.g. 0.75")
+    _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"use one of {DTYPES}")
+    _require(model.remat in REMAT_POLICIES, "model.remat", model.remat, f"use one of {REMAT_POLICIES}")
+    patch = model.patch_size or VIT_SIZES[model.variant].patch_size
+    _require(model.image_size > 0 and model.image_size % patch == 0, "model.image_size", model.image_size,
+             f"must be a positive multiple of the patch size {patch}")
+    for name in ("width", "depth", "heads", "mlp_dim", "patch_size"):
+        _require(model[name] >= 0, f"model.{name}", model[name], "use 0 (size table) or a positive integer")
+    dec = model.decoder
+    for name in ("width", "depth", "heads", "mlp_ratio"):
+        _positive_int(model, f"decoder.{name}", "model.")
+    _require(dec.width % dec.heads == 0, "model.decoder.width", dec.width,
+             f"must be divisible by model.decoder.heads={dec.heads}")
+
+
+def validate_data(data: ml_collections.ConfigDict) -> None:
+    """Check the input-pipeline fields (the dataset path is checked when it is opened)."""
+    _positive_int(data, "global_batch_size", "data.")
+    _require(data.source in DATA_SOURCES, "data.source", data.source, f"use one of {DATA_SOURCES}")
+    _require(data.source != "arrayrecord" or bool(data.path), "data.path", data.path,
+             "set --config.data.path=DIR (a directory written by mim_jax.data) or --config.data.source=synthetic")
+    lo, hi = data.crop_scale
+    _require(0 < lo <= hi <= 1, "data.crop_scale", tuple(data.crop_scale), "needs 0 < min <= max <= 1")
+    lo, hi = data.crop_ratio
+    _require(0 < lo <= hi, "data.crop_ratio", tuple(data.crop_ratio), "needs 0 < min <= max")
+    _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
+
+
+def validate_probe(probe: ml_collections.ConfigDict, prefix: str) -> None:
+    """Check linear-probe fields; `prefix` is where they live in the config (for messages)."""
+    _require(probe.pool in POOLS, f"{prefix}.pool", probe.pool, f"use one of {POOLS}")
+    for name in ("epochs", "batch_size", "feature_batch_size"):
+        _require(isinstance(probe[name], int) and probe[name] > 0, f"{prefix}.{name}", probe[name],
+                 "must be a positive integer")
+    _require(probe.max_train_examples >= 0, f"{prefix}.max_train_examples", probe.max_train_examples,
+             "use 0 (all) or a positive count")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Validate a pretraining config; raises ConfigError naming the first bad field."""
+    _require(config.objective == "mae", "objective", config.objective, "only 'mae' is implemented")
+    _require(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
+    _positive_int(config, "total_steps")
+    validate_model(config.model)
+    validate_data(config.data)
+    for field in ("ckpt.every_steps", "ckpt.max_to_keep", "log.every_steps"):
+        _positive_int(config, field)
+    _require(config.optim.base_lr > 0, "optim.base_lr", config.optim.base_lr, "must be > 0")
+    _require(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps, "must be >= 0")
+    validate_probe(config.evals.linear_probe, "evals.linear_probe")
+
+
+def check_workdir(workdir: str) -> str:
+    """Absolute workdir path; errors if it is a file or cannot be created."""
+    if not workdir:
+        raise ConfigError("--workdir is required, e.g. --workdir=workdirs/my_run")
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory path")
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -1,0 +1,190 @@
+"""grain input pipelines: infinite augmented train batches and padded one-pass eval batches.
+
+Determinism: global example index i = s * B + k (step s, position k in the global batch of B)
+walks an infinite sequence of epochs, each a seeded permutation of the split that differs per
+epoch (grain's `shuffle` folds the epoch into its seed when followed by `repeat`). Augmentation
+randomness is keyed by i as well (`random_map` sits on the global-index dataset), so batch s and its
+augmentation depend only on (seed, s). Process p of P loads positions [p*B/P, (p+1)*B/P) of every
+global batch: the global sequence is cut into chunks of B/P and process p takes chunks
+s*P + p, which is also what makes resuming at `start_step` free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+from absl import flags
+
+from mim_jax.data import records, transforms
+
+Batch = dict[str, np.ndarray]
+_SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform(grain.transforms.RandomMap):
+    """Record bytes -> {'image': uint8 HWC random-resized-cropped and flipped, 'label': int32}."""
+
+    image_size: int
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Decodes and augments one record with `rng`."""
+        record = records.decode_record(element)
+        image = transforms.decode_image(record["image"])
+        image = transforms.random_resized_crop(
+            image, self.image_size, self.crop_scale, self.crop_ratio, rng=rng)
+        image = transforms.random_flip(image, rng)
+        return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform(grain.transforms.Map):
+    """Record bytes -> {'image': uint8 HWC centre crop, 'label': int32, 'mask': True}."""
+
+    image_size: int
+    crop_pct: float = 0.875
+
+    def map(self, element: bytes) -> dict[str, np.ndarray]:
+        """Decodes and centre-crops one record."""
+        record = records.decode_record(element)
+        image = transforms.center_crop_eval(
+            transforms.decode_image(record["image"]), self.image_size, self.crop_pct)
+        return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"]),
+                "mask": np.bool_(True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingExample(grain.transforms.Map):
+    """Any element -> an all-zero example with mask False, to fill the last eval batch."""
+
+    image_size: int
+
+    def map(self, element: int) -> dict[str, np.ndarray]:
+        """Returns the padding example."""
+        del element
+        return {"image": np.zeros((self.image_size, self.image_size, 3), np.uint8),
+                "label": np.int32(0), "mask": np.bool_(False)}
+
+
+def num_examples(dataset_dir: str, split: str) -> int:
+    """Number of examples in `split`, from metadata.json."""
+    return records.split_info(dataset_dir, split)["num_examples"]
+
+
+def num_classes(dataset_dir: str) -> int:
+    """Number of classes of the dataset, from metadata.json."""
+    return len(records.read_metadata(dataset_dir)["classes"])
+
+
+def derive_seed(seed: int, stream: int) -> int:
+    """A 32-bit seed for one random stream (shuffle, augmentation) of the pipeline seed."""
+    return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
+
+
+def per_process_batch_size(batch_size: int, process_count: int, process_index: int, field: str) -> int:
+    """batch_size / process_count, with errors naming `field` when it does not divide or is <= 0."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count}).")
+    if batch_size <= 0 or batch_size % process_count:
+        raise ValueError(
+            f"{field}={batch_size} must be positive and divisible by the number of processes "
+            f"({process_count}); set {field} to a multiple of {process_count}.")
+    return batch_size // process_count
+
+
+def train_examples(dataset_dir: str, split: str, *, image_size: int, seed: int,
+                   crop_scale: tuple[float, float] = (0.2, 1.0),
+                   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> grain.MapDataset:
+    """The infinite augmented example sequence: element i is global example index i."""
+    source = records.open_split(dataset_dir, split)
+    return (
+        grain.MapDataset.source(source)
+        .shuffle(seed=derive_seed(seed, _SHUFFLE_STREAM))
+        .repeat(None)
+        .random_map(TrainTransform(image_size, tuple(crop_scale), tuple(crop_ratio)),
+                    seed=derive_seed(seed, _AUGMENT_STREAM))
+    )
+
+
+def train_batches(
+    dataset_dir: str,
+    split: str,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    num_workers: int = 0,
+    prefetch_buffer_size: int = 2,
+) -> Iterator[Batch]:
+    """Yields this process's slice {'image': uint8 [B/P,H,W,3], 'label': int32 [B/P]} of every step."""
+    local = per_process_batch_size(global_batch_size, process_count, process_index,
+                                   "data.global_batch_size")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0.")
+    examples = train_examples(dataset_dir, split, image_size=image_size, seed=seed,
+                              crop_scale=crop_scale, crop_ratio=crop_ratio)
+    chunks = examples.batch(local, drop_remainder=True)  # chunk c = step c // P, process c % P.
+    mine = chunks[start_step * process_count + process_index::process_count]
+    return _iterate(mine, num_workers, prefetch_buffer_size)
+
+
+def eval_batches(
+    dataset_dir: str,
+    split: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    max_examples: int | None = None,
+    crop_pct: float = 0.875,
+    num_workers: int = 0,
+    prefetch_buffer_size: int = 2,
+) -> Iterator[Batch]:
+    """One pass in record order of {'image', 'label', 'mask'}; the last global batch is padded.
+
+    `batch_size` is global; every process yields ceil(n / batch_size) batches of batch_size / P.
+    """
+    local = per_process_batch_size(batch_size, process_count, process_index, "batch_size")
+    source = records.open_split(dataset_dir, split)
+    n = len(source) if max_examples is None else min(len(source), max_examples)
+    if n <= 0:
+        raise ValueError(f"eval_batches: nothing to evaluate in split {split!r} "
+                         f"(max_examples={max_examples}, {len(source)} records).")
+    examples = grain.MapDataset.source(source)[:n].map(EvalTransform(image_size, crop_pct))
+    num_padding = -n % batch_size
+    if num_padding:
+        padding = grain.MapDataset.range(num_padding).map(PaddingExample(image_size))
+        examples = grain.MapDataset.concatenate([examples, padding])
+    mine = examples.batch(local, drop_remainder=True)[process_index::process_count]
+    return _iterate(mine, num_workers, prefetch_buffer_size)
+
+
+def _iterate(batches: grain.MapDataset, num_workers: int, prefetch_buffer_size: int) -> Iterator[Batch]:
+    """Iterates `batches` with threads (and worker processes when num_workers > 0) prefetching."""
+    if num_workers < 0 or prefetch_buffer_size < 1:
+        raise ValueError(f"Need num_workers >= 0 and prefetch_buffer_size >= 1; got "
+                         f"num_workers={num_workers}, prefetch_buffer_size={prefetch_buffer_size}.")
+    read_options = grain.ReadOptions(num_threads=prefetch_buffer_size,
+                                     prefetch_buffer_size=prefetch_buffer_size)
+    dataset = batches.to_iter_dataset(read_options)
+    if num_workers > 0:
+        _ensure_absl_flags_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(dataset)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """grain's mp_prefetch reads absl flags; outside `app.run` mark them parsed (defaults)."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()

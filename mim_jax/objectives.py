@@ -1,0 +1,48 @@
+"""Reconstruction targets and losses. Patch vectors are in (row, col, channel) order, as in MAE."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NORM_PIX_EPS = 1e-6
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in raster order, pixels (row, col, channel)."""
+    b, h, w, c = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, channels: int = 3) -> jax.Array:
+    """Inverse of `patchify` for a square grid."""
+    b, length, _ = patches.shape
+    g = int(round(length ** 0.5))
+    if g * g != length:
+        raise ValueError(f"unpatchify needs a square patch grid, got {length} patches")
+    p = patch_size
+    x = patches.reshape(b, g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, g * p, g * p, channels)
+
+
+def pixel_targets(images: jax.Array, patch_size: int, normalize: bool) -> jax.Array:
+    """Per-patch targets from (mean/std-normalized) images; `normalize` standardizes each patch (MAE norm_pix)."""
+    target = patchify(images.astype(jnp.float32), patch_size)
+    if not normalize:
+        return target
+    mean = target.mean(axis=-1, keepdims=True)
+    var = target.var(axis=-1, keepdims=True, ddof=1)
+    return (target - mean) / jnp.sqrt(var + NORM_PIX_EPS)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean squared error per patch, averaged over masked patches only (mask 1 = removed); fp32."""
+    per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
+    return jnp.sum(per_patch * mask) / jnp.sum(mask)
+
+
+def mae_pixel_loss(outputs: dict, images: jax.Array, patch_size: int, norm_pix_loss: bool) -> jax.Array:
+    """MAE loss: MSE between decoder predictions and (normalized) pixel patches on masked tokens."""
+    target = jax.lax.stop_gradient(pixel_targets(images, patch_size, norm_pix_loss))
+    return masked_mse(outputs["pred"], target, outputs["mask"])

@@ -1,0 +1,35 @@
+"""Test-wide setup: 8 fake CPU devices. XLA_FLAGS must be set before jax is imported."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import mim_jax  # noqa: E402,F401  (adds the XLA:CPU scheduler flag that keeps fake-device collectives in order)
+
+import pytest  # noqa: E402
+
+from mim_jax.configuration import base_config  # noqa: E402
+from mim_jax.data import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """A small generated 'shapes' dataset in real ArrayRecord shards (train 96, val 40, 36 px)."""
+    out = str(tmp_path_factory.mktemp("data") / "shapes")
+    synthetic.generate(out, num_train=96, num_val=40, image_size=36, seed=0, num_shards=2, num_workers=1)
+    return out
+
+
+def tiny_pretrain_config(dataset_dir: str, total_steps: int = 6):
+    """A seconds-long MAE config on `dataset_dir`: 32-px images, patch 8, width 32, batch 16."""
+    c = base_config()
+    c.total_steps = total_steps
+    c.model.update(dict(variant="Ti/16", width=32, depth=1, heads=2, mlp_dim=64, patch_size=8, image_size=32,
+                        dtype="float32"))
+    c.model.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
+    c.data.update(dict(source="arrayrecord", path=dataset_dir, global_batch_size=16))
+    c.optim.update(dict(base_lr=1e-3, warmup_steps=2))
+    c.ckpt.update(dict(every_steps=3, max_to_keep=5, async_save=True))
+    c.log.every_steps = 1
+    c.evals.linear_probe.update(dict(epochs=3, warmup_epochs=1, batch_size=32, feature_batch_size=16))
+    return c

@@ -1,0 +1,169 @@
+"""Tests for mim_jax.data.pipeline: determinism across restarts, processes and workers; coverage."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mim_jax.data import pipeline, records, synthetic, transforms
+
+NUM_TRAIN, NUM_VAL, SIZE = 50, 23, 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "shapes"
+    synthetic.generate(str(out), num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=SIZE, seed=0,
+                       num_shards=3)
+    return str(out)
+
+
+def _take(iterator, n):
+    batches = [{k: np.array(v) for k, v in b.items()} for b in itertools.islice(iterator, n)]
+    if hasattr(iterator, "close"):
+        iterator.close()
+    return batches
+
+
+def _train(dataset, n, **kwargs):
+    args = dict(global_batch_size=10, image_size=24, seed=0)
+    args.update(kwargs)
+    return _take(pipeline.train_batches(dataset, "train", **args), n)
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_batch_shapes_and_dtypes(dataset):
+    (batch,) = _train(dataset, 1)
+    assert batch["image"].shape == (10, 24, 24, 3) and batch["image"].dtype == np.uint8
+    assert batch["label"].shape == (10,) and batch["label"].dtype == np.int32
+
+
+def test_same_seed_and_step_give_the_same_batch(dataset):
+    first = _train(dataset, 4)
+    _assert_same(_train(dataset, 4), first)
+    _assert_same(_train(dataset, 2, start_step=2), first[2:])  # Resume = start at the step.
+
+
+def test_steps_and_seeds_differ(dataset):
+    batches = _train(dataset, 6)
+    for a, b in itertools.combinations(batches, 2):
+        assert not np.array_equal(a["image"], b["image"])
+    other_seed = _train(dataset, 1, seed=1)[0]
+    assert not np.array_equal(other_seed["image"], batches[0]["image"])
+
+
+def test_processes_split_each_global_batch(dataset):
+    single = _train(dataset, 3, global_batch_size=12)
+    parts = [_train(dataset, 3, global_batch_size=12, process_index=p, process_count=3)
+             for p in range(3)]
+    assert parts[0][0]["image"].shape == (4, 24, 24, 3)
+    merged = [{k: np.concatenate([part[s][k] for part in parts]) for k in single[0]}
+              for s in range(3)]
+    _assert_same(merged, single)
+    resumed = _train(dataset, 1, global_batch_size=12, process_index=1, process_count=3, start_step=2)
+    _assert_same(resumed, [parts[1][2]])
+
+
+def test_worker_processes_do_not_change_batches(dataset):
+    reference = _train(dataset, 3, start_step=1)
+    _assert_same(_train(dataset, 3, start_step=1, num_workers=2), reference)
+
+
+def _record_index(dataset):
+    """Maps image bytes (as stored, and left-right flipped) to (record index, label)."""
+    source = records.open_split(dataset, "train")
+    index = {}
+    for i in range(len(source)):
+        record = records.decode_record(source[i])
+        pixels = transforms.to_uint8_array(transforms.decode_image(record["image"]))
+        index[pixels.tobytes()] = index[np.fliplr(pixels).tobytes()] = (i, record["label"])
+    return index
+
+
+def test_each_epoch_visits_every_example_once(dataset):
+    # With crop scale = ratio = 1 the crop is the whole (square) image, so each output image is a
+    # stored image, maybe flipped, and identifies its record.
+    index = _record_index(dataset)
+    batches = _train(dataset, 15, image_size=SIZE, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    seen, labels = [], []
+    for batch in batches:
+        for image, label in zip(batch["image"], batch["label"]):
+            record, record_label = index[np.ascontiguousarray(image).tobytes()]
+            seen.append(record)
+            assert label == record_label
+    epochs = [seen[e * NUM_TRAIN:(e + 1) * NUM_TRAIN] for e in range(3)]  # 15 steps x 10 = 3 epochs.
+    for order in epochs:
+        assert sorted(order) == list(range(NUM_TRAIN))
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+    assert epochs[0] != list(range(NUM_TRAIN))
+
+
+def test_batch_size_errors_name_the_config_field(dataset):
+    with pytest.raises(ValueError, match="data.global_batch_size=10 .* divisible .* 4"):
+        pipeline.train_batches(dataset, "train", global_batch_size=10, image_size=24, seed=0,
+                               process_count=4)
+    with pytest.raises(ValueError, match="data.global_batch_size=0 must be positive"):
+        pipeline.train_batches(dataset, "train", global_batch_size=0, image_size=24, seed=0)
+
+
+def test_unknown_split_error(dataset):
+    with pytest.raises(records.DatasetError, match=r"available splits: \['train', 'val'\]"):
+        pipeline.train_batches(dataset, "test", global_batch_size=10, image_size=24, seed=0)
+
+
+def _expected_eval(dataset, n, size):
+    source = records.open_split(dataset, "val")
+    decoded = [records.decode_record(source[i]) for i in range(n)]
+    images = [transforms.to_uint8_array(transforms.center_crop_eval(
+        transforms.decode_image(r["image"]), size)) for r in decoded]
+    return np.stack(images), np.array([r["label"] for r in decoded], np.int32)
+
+
+def _eval(dataset, **kwargs):
+    return _take(pipeline.eval_batches(dataset, "val", image_size=24, **kwargs), 100)
+
+
+def test_eval_covers_every_example_once_with_padding(dataset):
+    batches = _eval(dataset, batch_size=8)
+    assert len(batches) == 3  # ceil(23 / 8)
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, [True] * 23 + [False])
+    images = np.concatenate([b["image"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    expected_images, expected_labels = _expected_eval(dataset, NUM_VAL, 24)
+    np.testing.assert_array_equal(images[:23], expected_images)
+    np.testing.assert_array_equal(labels[:23], expected_labels)
+    assert not images[23:].any() and not labels[23:].any()
+    assert mask.dtype == np.bool_ and labels.dtype == np.int32 and images.dtype == np.uint8
+
+
+def test_eval_processes_yield_equal_counts_and_split_each_batch(dataset):
+    single = _eval(dataset, batch_size=8)
+    parts = [_eval(dataset, batch_size=8, process_index=p, process_count=2) for p in range(2)]
+    assert [len(p) for p in parts] == [3, 3]
+    merged = [{k: np.concatenate([p[s][k] for p in parts]) for k in single[0]} for s in range(3)]
+    _assert_same(merged, single)
+    # The last global batch holds 7 real examples: 4 on process 0, 3 plus the padding on process 1.
+    np.testing.assert_array_equal(parts[0][2]["mask"], [True] * 4)
+    np.testing.assert_array_equal(parts[1][2]["mask"], [True] * 3 + [False])
+
+
+def test_eval_max_examples_and_workers(dataset):
+    batches = _eval(dataset, batch_size=4, max_examples=10, num_workers=2)
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, [True] * 10 + [False] * 2)
+    expected_images, _ = _expected_eval(dataset, 10, 24)
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:10], expected_images)
+
+
+def test_metadata_helpers(dataset):
+    assert pipeline.num_examples(dataset, "train") == NUM_TRAIN
+    assert pipeline.num_examples(dataset, "val") == NUM_VAL
+    assert pipeline.num_classes(dataset) == 10
