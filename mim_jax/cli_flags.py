@@ -1,0 +1,54 @@
+"""Command-line parsing shared by the CLIs: a config-file flag whose bad overrides fail in one clear line."""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import sys
+from typing import Optional, Sequence
+
+from absl import flags
+
+
+def load_config_file(spec: str):
+    """Load `path.py[:arg]` the way --config does (for error messages; the flag does the real loading)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mim_jax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def explain_unknown_override(argv: Sequence[str]) -> Optional[str]:
+    """For the first --config.a.b=... naming a field the config lacks, say which and list the valid names."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    try:
+        config = load_config_file(spec)
+    except Exception:  # the config flag itself reports problems with the file
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        name = arg[2:].split("=", 1)[0]
+        node, parts = config, name.split(".")[1:]
+        for i, part in enumerate(parts):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                prefix = ".".join(["config"] + parts[:i])
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = f" (did you mean --{prefix}.{close[0]}?)" if close else ""
+                return (f"--{name}: {prefix} has no field {part!r}{hint}; "
+                        f"valid fields there: {', '.join(sorted(keys))}")
+            node = node[part]
+    return None
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl flag parsing that turns ml_collections' raw errors for unknown override keys into one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as err:
+        message = explain_unknown_override(argv) or f"bad --config override: {err}"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,52 @@
+"""Frozen-encoder features over a dataset split, computed sharded over the mesh and across processes."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mim_jax.data import pipeline
+from mim_jax.data.transforms import normalize
+from mim_jax.models.vit import Encoder
+from mim_jax.sharding import global_batch, replicated
+from mim_jax.train_step import sharding_context
+
+POOLS = ("cls", "mean")
+
+
+def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
+    """[B, 1+N, D] normed tokens -> [B, D]: the CLS token, or the mean of the patch tokens."""
+    if pool == "cls":
+        return tokens[:, 0]
+    if pool == "mean":
+        return tokens[:, 1:].mean(axis=1)
+    raise ValueError(f"pool={pool!r}; use one of {POOLS}")
+
+
+def make_feature_fn(encoder: Encoder, pool: str, mesh, rules):
+    """jit(params, batch) -> {features [B, D] float32, label, mask}, all gathered (replicated) on every device."""
+    def features(params, batch):
+        tokens = encoder.apply({"params": params}, normalize(batch["image"]))
+        return {"features": pool_tokens(tokens, pool).astype(jnp.float32), "label": batch["label"],
+                "mask": batch["mask"]}
+
+    jitted = jax.jit(features, out_shardings=replicated(mesh))
+
+    def run(params, batch):
+        with sharding_context(mesh, rules):
+            return jitted(params, batch)
+    return run
+
+
+def extract_features(encoder: Encoder, params, dataset_dir: str, split: str, *, pool: str, batch_size: int,
+                     mesh, rules, max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D] float32, labels [N] int32) for the first `max_examples` records of `split`."""
+    feature_fn = make_feature_fn(encoder, pool, mesh, rules)
+    feats, labels = [], []
+    for local in pipeline.eval_batches(dataset_dir, split, batch_size=batch_size, image_size=encoder.image_size,
+                                       process_index=jax.process_index(), process_count=jax.process_count(),
+                                       max_examples=max_examples):
+        out = jax.device_get(feature_fn(params, global_batch(local, mesh, rules)))
+        feats.append(out["features"][out["mask"]])
+        labels.append(out["label"][out["mask"]])
+    return np.concatenate(feats), np.concatenate(labels).astype(np.int32)

@@ -1,0 +1,76 @@
+"""Training logs: WORKDIR/metrics.jsonl, TensorBoard events (clu), and a human progress line. Process 0 only."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+    """Keep only lines with step <= last_step (a resumed run recomputes the later steps exactly)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    if len(kept) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+def format_duration(seconds: float) -> str:
+    """12345 -> '3h25m45s'."""
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class RunLog:
+    """Writes one JSON line and TensorBoard scalars per logged step and prints a progress line."""
+
+    def __init__(self, workdir: str, total_steps: int, global_batch_size: int, start_step: int,
+                 tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._writer = None
+        if self.enabled:
+            truncate_metrics(self.path, start_step)
+            if tensorboard:
+                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+                from clu import metric_writers  # imports TensorFlow: keep it out of module import time
+                self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+        self._last_time = time.perf_counter()
+        self._last_step = start_step
+
+    def write(self, step: int, metrics: dict) -> dict:
+        """Record `metrics` (python floats) for `step`, adding throughput; returns the logged row."""
+        now = time.perf_counter()
+        steps = max(step - self._last_step, 1)
+        steps_per_sec = steps / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        row = {"step": step, **metrics, "steps_per_sec": steps_per_sec,
+               "img_per_sec": steps_per_sec * self.global_batch_size}
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self._writer is not None:
+                self._writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
+            eta = (self.total_steps - step) / steps_per_sec
+            print(f"step {step}/{self.total_steps} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
+                  f"{steps_per_sec:.2f} steps/s | {row['img_per_sec']:.0f} img/s | ETA {format_duration(eta)}",
+                  flush=True)
+        return row
+
+    def close(self) -> None:
+        """Flush TensorBoard events."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()

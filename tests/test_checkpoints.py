@@ -1,0 +1,66 @@
+"""Checkpoints: round trip, restore onto another mesh, model mismatch named, run-dir parsing."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_pretrain_config
+from mim_jax import checkpoints, optim
+from mim_jax.configuration import ConfigError
+from mim_jax.models.mae import mae_from_config
+from mim_jax.sharding import logical_rules, make_mesh
+from mim_jax.train_step import abstract_train_state, create_train_state
+
+
+def build(config, mesh_shape):
+    mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=config.mesh.rules))
+    mesh, rules = make_mesh(mesh_cfg), logical_rules(mesh_cfg)
+    model = mae_from_config(config.model)
+    tx = optim.make_optimizer(config.optim, 16, 10)
+    return model, tx, mesh, rules
+
+
+def test_save_then_restore_on_another_mesh(tmp_path):
+    config = tiny_pretrain_config("unused")
+    model, tx, mesh, rules = build(config, (2, 4, 1))
+    state, _ = create_train_state(model, tx, mesh, rules, seed=3)
+    manager = checkpoints.checkpoint_manager(str(tmp_path), max_to_keep=2, async_save=True)
+    signature = checkpoints.model_signature(config)
+    checkpoints.save(manager, 7, state, {"signature": signature, "step": 7})
+    manager.wait_until_finished()
+
+    model, tx, mesh2, rules = build(config, (1, 4, 2))
+    abstract, _ = abstract_train_state(model, tx, mesh2, rules)
+    step, restored, meta = checkpoints.restore_latest(
+        checkpoints.checkpoint_manager(str(tmp_path), 2, False), abstract, signature)
+    assert step == 7 and meta["step"] == 7
+    assert int(restored.step) == int(state.step)
+    for a, b in zip(jax.tree.leaves((restored.params, restored.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kernel = restored.params["encoder"]["blocks"]["layers"]["mlp"]["fc1"]["kernel"]
+    assert kernel.sharding.mesh.shape == mesh2.shape
+
+
+def test_restore_into_another_model_names_the_fields(tmp_path):
+    config = tiny_pretrain_config("unused")
+    model, tx, mesh, rules = build(config, (8, 1, 1))
+    state, _ = create_train_state(model, tx, mesh, rules, seed=0)
+    manager = checkpoints.checkpoint_manager(str(tmp_path), 2, False)
+    checkpoints.save(manager, 1, state, {"signature": checkpoints.model_signature(config)})
+    other = tiny_pretrain_config("unused")
+    other.model.width = 64
+    other.model.depth = 2
+    with pytest.raises(ConfigError, match=r"model.depth: checkpoint 1 vs config 2; model.width: checkpoint 32 vs "
+                                          r"config 64"):
+        checkpoints.restore_latest(manager, None, checkpoints.model_signature(other))
+
+
+def test_empty_dir_restores_nothing(tmp_path):
+    assert checkpoints.restore_latest(checkpoints.checkpoint_manager(str(tmp_path), 1, False), None) is None
+
+
+def test_locate_checkpoint(tmp_path):
+    assert checkpoints.locate_checkpoint(str(tmp_path)) == (str(tmp_path), None)
+    assert checkpoints.locate_checkpoint(str(tmp_path / "checkpoints" / "400")) == (str(tmp_path), 400)
+    with pytest.raises(ConfigError, match="has no config.json"):
+        checkpoints.load_run_config(str(tmp_path))

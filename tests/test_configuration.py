@@ -1,0 +1,65 @@
+"""Config files load and validate; each bad value is rejected with its field named."""
+import pytest
+
+from mim_jax import configuration
+from mim_jax.cli_flags import explain_unknown_override, load_config_file
+from mim_jax.configuration import ConfigError
+
+
+@pytest.mark.parametrize("spec", ["configs/demo.py", "configs/pretrain.py:model=L/16", "configs/pretrain.py:model=6.5B/14,batch=4096"])
+def test_shipped_configs_validate(spec):
+    config = load_config_file(spec)
+    if config.data.source == "arrayrecord":
+        config.data.path = "/data/imagenet"
+    configuration.validate(config)
+
+
+def test_paper_config_schedule():
+    config = load_config_file("configs/pretrain.py:model=H/14,batch=4096")
+    assert config.model.variant == "H/14"
+    assert config.total_steps == 800 * 1_281_167 // 4096 and config.optim.warmup_steps == 40 * 1_281_167 // 4096
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("total_steps", 0, "total_steps=0: must be a positive integer"),
+    ("model.variant", "XL/16", "model.variant='XL/16': use one of"),
+    ("model.mask_ratio", 0.0, "must lie in (0, 1)"),
+    ("model.dtype", "float16", "model.dtype='float16'"),
+    ("model.remat", "some", "model.remat='some'"),
+    ("model.image_size", 70, "multiple of the patch size 16"),
+    ("data.global_batch_size", -4, "data.global_batch_size=-4"),
+    ("data.source", "s3", "data.source='s3'"),
+    ("data.crop_scale", (0.5, 0.2), "data.crop_scale=(0.5, 0.2)"),
+    ("ckpt.every_steps", 0, "ckpt.every_steps=0"),
+    ("evals.linear_probe.pool", "max", "evals.linear_probe.pool='max'"),
+])
+def test_validation_names_the_field(field, value, message):
+    config = load_config_file("configs/demo.py")
+    *parents, leaf = field.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ConfigError) as err:
+        configuration.validate(config)
+    assert message in str(err.value)
+
+
+def test_arrayrecord_needs_a_path():
+    config = load_config_file("configs/demo.py")
+    config.data.source = "arrayrecord"
+    with pytest.raises(ConfigError, match="data.path=''"):
+        configuration.validate(config)
+
+
+def test_unknown_override_explained():
+    msg = explain_unknown_override(["prog", "--config=configs/demo.py", "--config.optim.base_lrr=1"])
+    assert "config.optim has no field 'base_lrr'" in msg and "did you mean --config.optim.base_lr?" in msg
+
+
+def test_workdir_checks(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep")
+    with pytest.raises(ConfigError, match="is a file"):
+        configuration.check_workdir(str(f))
+    assert configuration.check_workdir(str(tmp_path / "new")) == str(tmp_path / "new")

@@ -1,0 +1,43 @@
+"""Feature extraction: pooling, padding removal, and equality between 1 device and 8 fake devices."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import tiny_pretrain_config
+from mim_jax.data import pipeline
+from mim_jax.evaluate import features
+from mim_jax.models.mae import mae_from_config
+from mim_jax.sharding import logical_rules, make_mesh
+
+
+def extract(dataset, mesh_shape, devices, pool):
+    config = tiny_pretrain_config(dataset)
+    mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=config.mesh.rules))
+    mesh, rules = make_mesh(mesh_cfg, devices), logical_rules(mesh_cfg)
+    encoder = mae_from_config(config.model).encoder
+    params = jax.jit(encoder.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
+    params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
+    return features.extract_features(encoder, params, dataset, "val", pool=pool, batch_size=16, mesh=mesh,
+                                     rules=rules), (encoder, params)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_eight_devices_match_one(tiny_dataset, pool):
+    (x1, y1), (encoder, params) = extract(tiny_dataset, (1, 1, 1), jax.devices()[:1], pool)
+    (x8, y8), _ = extract(tiny_dataset, (4, 2, 1), jax.devices(), pool)
+    assert x1.shape == (40, 32)  # 40 val images: the padded tail of the last batch is dropped
+    np.testing.assert_allclose(x8, x1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y8, y1)
+    # Labels come back in record order, as the eval pipeline reads them.
+    expected = np.concatenate([b["label"][b["mask"]] for b in pipeline.eval_batches(
+        tiny_dataset, "val", batch_size=16, image_size=32)])
+    np.testing.assert_array_equal(y1, expected)
+
+
+def test_pool_tokens():
+    tokens = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(features.pool_tokens(tokens, "cls"), tokens[:, 0])
+    np.testing.assert_allclose(features.pool_tokens(tokens, "mean"), tokens[:, 1:].mean(1))
+    with pytest.raises(ValueError, match="pool='max'"):
+        features.pool_tokens(tokens, "max")

@@ -1,0 +1,130 @@
+"""End to end: pretrain writes the workdir contract, resumes exactly, survives SIGKILL, rejects bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_pretrain_config
+from mim_jax import pretrain
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = tiny_pretrain_config(tiny_dataset)
+    config.evals.linear_probe.update(dict(at_end=True, random_init_baseline=True))
+    pretrain.train(config, workdir)
+    return workdir, config
+
+
+def test_workdir_contract(finished_run):
+    workdir, config = finished_run
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(isinstance(r["loss"], float) and r["loss"] > 0 for r in rows)
+    assert rows[0]["lr"] == 0.0 and rows[2]["lr"] == pytest.approx(1e-3 * 16 / 256, rel=1e-5)
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["model"]["width"] == 32 and saved["data"]["global_batch_size"] == 16
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    for name in ("linear_probe", "linear_probe_random_init"):
+        result = json.load(open(os.path.join(workdir, "evals", f"{name}.json")))
+        assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+        assert result["num_val"] == 40
+
+
+def test_resume_from_checkpoint_reproduces_losses(finished_run, tmp_path):
+    workdir, config = finished_run
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))  # as if killed between steps 3 and 6
+    shutil.rmtree(os.path.join(resumed, "evals"))
+    config.evals.linear_probe.at_end = False
+    pretrain.train(config, resumed)
+    assert [r["loss"] for r in read_metrics(resumed)] == [r["loss"] for r in read_metrics(workdir)]
+
+
+def cli(workdir, *overrides, config="configs/demo.py"):
+    return [sys.executable, "-m", "mim_jax.pretrain", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def tiny_overrides(dataset_dir, total_steps):
+    return [f"--config.total_steps={total_steps}", "--config.model.depth=1", "--config.model.width=32",
+            "--config.model.heads=2", "--config.model.mlp_dim=64", "--config.model.patch_size=8",
+            "--config.model.image_size=32", "--config.model.decoder.width=16", "--config.model.decoder.depth=1",
+            "--config.model.decoder.heads=2", "--config.data.source=arrayrecord",
+            f"--config.data.path={dataset_dir}", "--config.data.global_batch_size=16", "--config.ckpt.every_steps=5",
+            "--config.log.every_steps=1", "--config.evals.linear_probe.at_end=false"]
+
+
+def test_sigkill_then_rerun_resumes(tiny_dataset, tmp_path):
+    workdir = str(tmp_path / "killed")
+    cmd = cli(workdir, *tiny_overrides(tiny_dataset, 400))
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(workdir, "checkpoints", "10")
+    deadline = time.time() + 240
+    while not os.path.isdir(ckpt) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert os.path.isdir(ckpt), "no checkpoint appeared before the deadline"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)  # the same command
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    resumed_from = int(rerun.stdout.split("Resuming from checkpoint step ")[1].split()[0])
+    assert resumed_from >= 10 and resumed_from % 5 == 0
+    steps = [r["step"] for r in read_metrics(workdir)]
+    assert steps == list(range(1, 401))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.bogus=3", "config.data has no field 'bogus'"),
+    ("--config.modle.depth=2", "(did you mean --config.model?)"),
+    ("--config.data.global_batch_size=0", "data.global_batch_size=0: must be a positive integer"),
+    ("--config.model.mask_ratio=1.5", "model.mask_ratio=1.5: must lie in (0, 1)"),
+    ("--config.data.path=/nonexistent/data", "data.path='/nonexistent/data' does not exist"),
+])
+def test_bad_input_fails_in_one_line(tmp_path, override, message):
+    extra = ["--config.data.source=arrayrecord"] if "data.path" in override else []
+    proc = subprocess.run(cli(str(tmp_path / "wd"), override, *extra), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_workdir_that_is_a_file(tmp_path):
+    path = tmp_path / "afile"
+    path.write_text("x")
+    proc = subprocess.run(cli(str(path)), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "is a file, not a directory" in proc.stderr.strip().splitlines()[-1]
+    assert path.read_text() == "x"
+
+
+def test_standalone_probe_equals_end_of_run_probe(finished_run, tmp_path):
+    from mim_jax.cli_flags import load_config_file
+    from mim_jax.evaluate.__main__ import evaluate
+    workdir, config = finished_run
+    probe_cfg = load_config_file("configs/linear_probe.py")
+    probe_cfg.init_from = workdir
+    probe_cfg.probe.update(config.evals.linear_probe.to_dict())
+    for random_init, name in ((False, "linear_probe"), (True, "linear_probe_random_init")):
+        probe_cfg.random_init = random_init
+        result = evaluate(probe_cfg, str(tmp_path))
+        in_run = json.load(open(os.path.join(workdir, "evals", f"{name}.json")))
+        assert (result["top1"], result["top5"]) == (in_run["top1"], in_run["top5"])
+        assert result["step"] == (0 if random_init else 6)
+    assert os.path.isfile(tmp_path / "evals" / "linear_probe.json")
