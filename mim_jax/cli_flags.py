@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from absl import flags
+from absl import app, flags
+from ml_collections import config_flags
+
+from mim_jax.configuration import ConfigError
+from mim_jax.data.records import DatasetError
 
 
 def load_config_file(spec: str):
@@ -52,3 +57,27 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         message = explain_unknown_override(argv) or f"bad --config override: {err}"
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_cli(action: Callable, example_config: str, workdir_help: str) -> None:
+    """Run `action(config, workdir)` as an absl app with --config/--workdir; user errors exit 2 in one line.
+
+    Flags are defined here, not at import, so the CLI modules can be imported side by side.
+    """
+    config_flags.DEFINE_config_file("config", None, f"Config file, e.g. {example_config}", lock_config=True)
+    flags.DEFINE_string("workdir", None, workdir_help)
+
+    def main(argv) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        for name in ("absl", "jax"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        if flags.FLAGS.config is None:
+            sys.exit(f"error: --config is required, e.g. --config={example_config}")
+        try:
+            action(flags.FLAGS.config, flags.FLAGS.workdir)
+        except (ConfigError, DatasetError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(main, flags_parser=parse_flags)

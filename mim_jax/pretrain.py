@@ -4,21 +4,16 @@ Re-running the same command on the same workdir resumes from the latest complete
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
-import sys
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 from mim_jax import checkpoints, configuration, optim
-from mim_jax.cli_flags import parse_flags
+from mim_jax.cli_flags import run_cli
 from mim_jax.configuration import ConfigError
 from mim_jax.data import pipeline
-from mim_jax.data.records import DatasetError
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.evaluate.probe_run import probe_encoder, write_eval
 from mim_jax.models.mae import MAE, mae_from_config
@@ -141,27 +136,9 @@ def run_end_evals(config, model: MAE, params, dataset_dir: str, workdir: str, me
               f"{results['linear_probe_random_init']['top1']:.2%} ({gain * 100:+.1f} points)", flush=True)
 
 
-def main(argv) -> None:
-    """absl entry point."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("absl", "jax"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if flags.FLAGS.config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/demo.py")
-    try:
-        train(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run() -> None:
     """Console-script entry point (mim-pretrain)."""
-    # Flags are defined here, not at import, so the CLI modules can be imported side by side.
-    config_flags.DEFINE_config_file("config", None, "Pretraining config file, e.g. configs/demo.py", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.jsonl, checkpoints/, evals/.")
-    app.run(main, flags_parser=parse_flags)
+    run_cli(train, "configs/demo.py", "Run directory: config.json, metrics.jsonl, checkpoints/, evals/.")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
 """MAE: masking invariants, decoder unshuffle, and the model output against the encoder run by hand."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

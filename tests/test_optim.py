@@ -1,7 +1,6 @@
 """AdamW with MAE's decay mask and the warmup + cosine schedule against closed forms."""
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -92,7 +92,7 @@ def test_each_epoch_visits_every_example_once(dataset):
     # stored image, maybe flipped, and identifies its record.
     index = _record_index(dataset)
     batches = _train(dataset, 15, image_size=SIZE, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
-    seen, labels = [], []
+    seen = []
     for batch in batches:
         for image, label in zip(batch["image"], batch["label"]):
             record, record_label = index[np.ascontiguousarray(image).tobytes()]

@@ -3,16 +3,11 @@
 """
 from __future__ import annotations
 
-import logging
-import sys
 
-from absl import app, flags
-from ml_collections import config_flags
 
 from mim_jax import configuration
-from mim_jax.cli_flags import parse_flags
+from mim_jax.cli_flags import run_cli
 from mim_jax.configuration import ConfigError
-from mim_jax.data.records import DatasetError
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.evaluate.probe_run import probe_encoder, write_eval
 from mim_jax.pretrained import load_run
@@ -39,27 +34,9 @@ def evaluate(config, workdir: str) -> dict:
     return result
 
 
-def main(argv) -> None:
-    """absl entry point."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for name in ("absl", "jax"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if flags.FLAGS.config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/linear_probe.py")
-    try:
-        evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ConfigError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run() -> None:
     """Console-script entry point (mim-eval)."""
-    # Flags are defined here, not at import, so the CLI modules can be imported side by side.
-    config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/linear_probe.py", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for evals/<name>.json.")
-    app.run(main, flags_parser=parse_flags)
+    run_cli(evaluate, "configs/linear_probe.py", "Directory for evals/<name>.json.")
 
 
 if __name__ == "__main__":
