@@ -59,13 +59,15 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(2)
 
 
-def run_cli(action: Callable, example_config: str, workdir_help: str) -> None:
-    """Run `action(config, workdir)` as an absl app with --config/--workdir; user errors exit 2 in one line.
+def run_cli(action: Callable, example_config: str, workdir_help: Optional[str]) -> None:
+    """Run `action(config, workdir)` (or `action(config)` when `workdir_help` is None) as an absl app.
 
-    Flags are defined here, not at import, so the CLI modules can be imported side by side.
+    Flags are defined here, not at import, so the CLI modules can be imported side by side. User errors
+    exit 2 in one line; an integer returned by `action` becomes the exit code.
     """
     config_flags.DEFINE_config_file("config", None, f"Config file, e.g. {example_config}", lock_config=True)
-    flags.DEFINE_string("workdir", None, workdir_help)
+    if workdir_help is not None:
+        flags.DEFINE_string("workdir", None, workdir_help)
 
     def main(argv) -> None:
         if len(argv) > 1:
@@ -74,10 +76,13 @@ def run_cli(action: Callable, example_config: str, workdir_help: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
         if flags.FLAGS.config is None:
             sys.exit(f"error: --config is required, e.g. --config={example_config}")
+        args = (flags.FLAGS.config,) if workdir_help is None else (flags.FLAGS.config, flags.FLAGS.workdir)
         try:
-            action(flags.FLAGS.config, flags.FLAGS.workdir)
+            result = action(*args)
         except (ConfigError, DatasetError) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(result, int) and not isinstance(result, bool):
+            sys.exit(result)
 
     app.run(main, flags_parser=parse_flags)

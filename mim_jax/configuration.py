@@ -5,6 +5,7 @@ import os
 
 import ml_collections
 
+from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
 from mim_jax.sharding import DEFAULT_RULES
 
@@ -12,10 +13,6 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("arrayrecord", "synthetic")
 POOLS = ("cls", "mean")
-
-
-class ConfigError(ValueError):
-    """A config field holds a value we cannot run with; the message names the field and the fix."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -58,13 +55,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b1 = 0.9
     c.optim.b2 = 0.95
     c.optim.grad_clip_norm = 0.0      # 0 = no clipping (MAE)
+    c.optim.grad_accum_steps = 1      # micro-batches per step, accumulated inside the jitted step
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)         # (data, fsdp, tensor); one -1 fills the remaining devices
     c.mesh.rules = DEFAULT_RULES
+    c.mesh.max_replicated_fraction = 0.02  # with fsdp > 1: at most this share of parameter bytes unsharded
 
     c.ckpt = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
     c.log = ml_collections.ConfigDict(dict(every_steps=50))
+
+    c.plan = ml_collections.ConfigDict(dict(topology=""))  # TPU slice the config targets, e.g. v5p:8x8x4
 
     c.evals = ml_collections.ConfigDict()
     c.evals.linear_probe = probe_config()
@@ -118,11 +119,11 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
              f"must be divisible by model.decoder.heads={dec.heads}")
 
 
-def validate_data(data: ml_collections.ConfigDict) -> None:
-    """Check the input-pipeline fields (the dataset path is checked when it is opened)."""
+def validate_data(data: ml_collections.ConfigDict, check_path: bool = True) -> None:
+    """Check the input-pipeline fields (the dataset itself is checked when it is opened)."""
     _positive_int(data, "global_batch_size", "data.")
     _require(data.source in DATA_SOURCES, "data.source", data.source, f"use one of {DATA_SOURCES}")
-    _require(data.source != "arrayrecord" or bool(data.path), "data.path", data.path,
+    _require(not check_path or data.source != "arrayrecord" or bool(data.path), "data.path", data.path,
              "set --config.data.path=DIR (a directory written by mim_jax.data) or --config.data.source=synthetic")
     lo, hi = data.crop_scale
     _require(0 < lo <= hi <= 1, "data.crop_scale", tuple(data.crop_scale), "needs 0 < min <= max <= 1")
@@ -141,16 +142,22 @@ def validate_probe(probe: ml_collections.ConfigDict, prefix: str) -> None:
              "use 0 (all) or a positive count")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Validate a pretraining config; raises ConfigError naming the first bad field."""
+def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) -> None:
+    """Validate a pretraining config; raises ConfigError naming the first bad field.
+
+    `check_data_path=False` is for programs that only compile the step (e.g. the memory plan).
+    """
     _require(config.objective == "mae", "objective", config.objective, "only 'mae' is implemented")
     _require(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
     _positive_int(config, "total_steps")
     validate_model(config.model)
-    validate_data(config.data)
+    validate_data(config.data, check_data_path)
     for field in ("ckpt.every_steps", "ckpt.max_to_keep", "log.every_steps"):
         _positive_int(config, field)
     _require(config.optim.base_lr > 0, "optim.base_lr", config.optim.base_lr, "must be > 0")
+    _positive_int(config, "optim.grad_accum_steps")
+    _require(0 <= config.mesh.max_replicated_fraction <= 1, "mesh.max_replicated_fraction",
+             config.mesh.max_replicated_fraction, "must lie in [0, 1], e.g. 0.02")
     _require(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps, "must be >= 0")
     validate_probe(config.evals.linear_probe, "evals.linear_probe")
 

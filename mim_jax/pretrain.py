@@ -4,22 +4,20 @@ Re-running the same command on the same workdir resumes from the latest complete
 """
 from __future__ import annotations
 
-import math
 import os
 
 import jax
 import numpy as np
 
-from mim_jax import checkpoints, configuration, optim
+from mim_jax import checkpoints, configuration, distributed, flops, optim
 from mim_jax.cli_flags import run_cli
-from mim_jax.configuration import ConfigError
 from mim_jax.data import pipeline
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.evaluate.probe_run import probe_encoder, write_eval
-from mim_jax.models.mae import MAE, mae_from_config
+from mim_jax.models.mae import MAE
 from mim_jax.run_log import RunLog
-from mim_jax.sharding import data_parallel_size, global_batch, logical_rules, make_mesh
-from mim_jax.train_step import abstract_train_state, create_train_state, make_train_step
+from mim_jax.sharding import global_batch, make_mesh
+from mim_jax.train_step import Program, build_program, create_train_state
 
 
 # Fake CPU devices dead-lock when too many collective steps are queued (see DEPS.md): sync this often on CPU.
@@ -33,27 +31,24 @@ def write_config(workdir: str, config) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def check_batch_layout(config, mesh, rules) -> None:
-    """The global batch must split evenly over processes and over the data-parallel devices."""
-    batch = config.data.global_batch_size
-    dp = data_parallel_size(mesh, rules)
-    if batch % dp or batch % jax.process_count():
-        raise ConfigError(f"data.global_batch_size={batch} is not divisible by the data-parallel size {dp} "
-                          f"(mesh {dict(mesh.shape)}) and process count {jax.process_count()}; "
-                          f"use a multiple of {math.lcm(dp, jax.process_count())}")
-
-
-def restore_or_init(config, model: MAE, tx, mesh, rules, manager):
-    """(start_step, state, shardings): the workdir's latest checkpoint if any, else a fresh sharded init."""
-    abstract, shardings = abstract_train_state(model, tx, mesh, rules, config.seed)
-    restored = checkpoints.restore_latest(manager, abstract, checkpoints.model_signature(config))
+def restore_or_init(config, program: Program, manager):
+    """(start_step, state): the workdir's latest checkpoint if any, else a fresh sharded init."""
+    restored = checkpoints.restore_latest(manager, program.abstract_state, checkpoints.model_signature(config))
     if restored is not None:
         step, state, _ = restored
-        print(f"Resuming from checkpoint step {step} in {manager.directory}", flush=True)
-        return step, state, shardings
-    state, _ = create_train_state(model, tx, mesh, rules, config.seed)
-    print("Starting from scratch (no checkpoint in workdir)", flush=True)
-    return 0, state, shardings
+        if jax.process_index() == 0:
+            print(f"Resuming from checkpoint step {step} in {manager.directory}", flush=True)
+        return step, state
+    state, _ = create_train_state(program.model, program.tx, program.mesh, program.rules, config.seed)
+    if jax.process_index() == 0:
+        print("Starting from scratch (no checkpoint in workdir)", flush=True)
+    return 0, state
+
+
+def total_peak_flops(mesh) -> float | None:
+    """Summed bf16 peak FLOP/s of the mesh devices (None on CPU or an unknown chip: no MFU then)."""
+    peaks = [flops.peak_flops_per_device(d) for d in mesh.devices.flat]
+    return None if None in peaks else sum(peaks)
 
 
 def fetch_metrics(metrics: dict, step: int) -> dict:
@@ -67,28 +62,25 @@ def fetch_metrics(metrics: dict, step: int) -> dict:
 
 def train(config, workdir: str) -> dict:
     """Run (or resume) pretraining to config.total_steps; returns the last logged metrics row."""
+    distributed.initialize()  # first: joins the other processes of a multi-process run before jax starts
     configuration.validate(config)
     workdir = configuration.check_workdir(workdir)
+    mesh = make_mesh(config.mesh)
+    program = build_program(config, mesh, jax.process_count())  # mesh / batch / sharding errors come first
     dataset_dir = resolve_dataset_dir(config.data)
     write_config(workdir, config)
-    mesh = make_mesh(config.mesh)
-    rules = logical_rules(config.mesh)
-    check_batch_layout(config, mesh, rules)
-
-    model = mae_from_config(config.model)
+    model, rules = program.model, program.rules
     batch_size, total = config.data.global_batch_size, config.total_steps
-    schedule = optim.learning_rate_schedule(config.optim, batch_size, total)
-    tx = optim.make_optimizer(config.optim, batch_size, total)
     manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save)
-    start_step, state, shardings = restore_or_init(config, model, tx, mesh, rules, manager)
-    train_step = make_train_step(model, schedule, config.seed, config.model.norm_pix_loss, mesh, rules,
-                                 shardings, batch_size)
+    start_step, state = restore_or_init(config, program, manager)
+    train_step = program.step
     batches = pipeline.train_batches(
         dataset_dir, config.data.train_split, global_batch_size=batch_size, image_size=config.model.image_size,
         seed=config.seed, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count(), crop_scale=tuple(config.data.crop_scale),
         crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers)
-    log = RunLog(workdir, total, batch_size, start_step)
+    log = RunLog(workdir, total, batch_size, start_step, flops_per_step=flops.train_flops_per_step(
+        config.model, batch_size), peak_flops=total_peak_flops(mesh))
     meta = {"signature": checkpoints.model_signature(config)}
     on_cpu = jax.devices()[0].platform == "cpu"
     row = {}
@@ -128,9 +120,10 @@ def run_end_evals(config, model: MAE, params, dataset_dir: str, workdir: str, me
         result["step"] = config.total_steps if name == "linear_probe" else 0
         path = write_eval(workdir, name, result)
         results[name] = result
-        print(f"{name}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
-              f"({result['num_val']} val images, {result['seconds']}s) -> {path}", flush=True)
-    if len(results) == 2:
+        if jax.process_index() == 0:  # every process computes the same probe; one reports it
+            print(f"{name}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
+                  f"({result['num_val']} val images, {result['seconds']}s) -> {path}", flush=True)
+    if len(results) == 2 and jax.process_index() == 0:
         gain = results["linear_probe"]["top1"] - results["linear_probe_random_init"]["top1"]
         print(f"linear probe top-1: pretrained {results['linear_probe']['top1']:.2%} vs random init "
               f"{results['linear_probe_random_init']['top1']:.2%} ({gain * 100:+.1f} points)", flush=True)

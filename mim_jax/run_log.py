@@ -35,8 +35,10 @@ class RunLog:
     """Writes one JSON line and TensorBoard scalars per logged step and prints a progress line."""
 
     def __init__(self, workdir: str, total_steps: int, global_batch_size: int, start_step: int,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, flops_per_step: float | None = None, peak_flops: float | None = None):
+        """`flops_per_step` (model FLOPs) and `peak_flops` (summed over all devices) add MFU when both are known."""
         self.enabled = jax.process_index() == 0
+        self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
         self.path = os.path.join(workdir, METRICS_FILE)
@@ -58,14 +60,17 @@ class RunLog:
         self._last_time, self._last_step = now, step
         row = {"step": step, **metrics, "steps_per_sec": steps_per_sec,
                "img_per_sec": steps_per_sec * self.global_batch_size}
+        if self.flops_per_step and self.peak_flops:
+            row["mfu"] = self.flops_per_step * steps_per_sec / self.peak_flops
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             if self._writer is not None:
                 self._writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
             eta = (self.total_steps - step) / steps_per_sec
+            mfu = f" | MFU {row['mfu']:.1%}" if "mfu" in row else ""
             print(f"step {step}/{self.total_steps} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | "
-                  f"{steps_per_sec:.2f} steps/s | {row['img_per_sec']:.0f} img/s | ETA {format_duration(eta)}",
+                  f"{steps_per_sec:.2f} steps/s | {row['img_per_sec']:.0f} img/s{mfu} | ETA {format_duration(eta)}",
                   flush=True)
         return row
 

@@ -6,7 +6,10 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mim_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -31,17 +34,17 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
     """Fill a single -1 in `mesh.shape` so the product equals the device count."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh.shape={shape} needs {len(MESH_AXES)} entries for axes {MESH_AXES}")
+        raise ConfigError(f"mesh.shape={shape} needs {len(MESH_AXES)} entries for axes {MESH_AXES}")
     if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh.shape={shape}: use positive sizes and at most one -1 (fills the rest)")
+        raise ConfigError(f"mesh.shape={shape}: use positive sizes and at most one -1 (fills the rest)")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
-            raise ValueError(f"mesh.shape={shape} cannot be filled on {num_devices} devices "
+            raise ConfigError(f"mesh.shape={shape} cannot be filled on {num_devices} devices "
                              f"({num_devices} is not divisible by {known})")
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
-        raise ValueError(f"mesh.shape={shape} uses {math.prod(shape)} devices but {num_devices} are available; "
+        raise ConfigError(f"mesh.shape={shape} uses {math.prod(shape)} devices but {num_devices} are available; "
                          f"set e.g. --config.mesh.shape='(-1,1,1)'")
     return shape
 
@@ -88,3 +91,66 @@ def global_batch(local: dict, mesh: Mesh, rules) -> dict:
     """Assemble process-local numpy batches into global jax.Arrays sharded on the batch axis."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
             for k, v in local.items()}
+
+
+def _spec_axes(entry) -> tuple:
+    """Mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _leaf_paths(tree) -> list[tuple[str, Any]]:
+    return [("/".join(str(getattr(k, "key", k)) for k in path), leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def check_divisible(abstract_params, shardings, mesh: Mesh) -> None:
+    """Every sharded parameter dimension must divide evenly over its mesh axes (else a ConfigError naming it)."""
+    for (path, leaf), sharding in zip(_leaf_paths(abstract_params), jax.tree.leaves(shardings)):
+        for dim, entry in enumerate(sharding.spec):
+            axes = _spec_axes(entry)
+            parts = math.prod(mesh.shape[a] for a in axes)
+            if leaf.shape[dim] % parts:
+                sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
+                divisors = [d for d in range(1, leaf.shape[dim] + 1) if leaf.shape[dim] % d == 0]
+                raise ConfigError(
+                    f"mesh.shape={tuple(mesh.shape.values())}: parameter {path} {tuple(leaf.shape)} dim {dim} "
+                    f"(size {leaf.shape[dim]}) does not split over mesh axes {sizes}; use sizes whose product "
+                    f"divides {leaf.shape[dim]} (one of {divisors[:12]}) or change mesh.rules")
+
+
+def replicated_bytes(abstract_params, shardings, mesh: Mesh) -> tuple[int, int, list[str]]:
+    """(bytes of parameters not split over any mesh axis of size > 1, total bytes, largest such paths)."""
+    total, replicated, names = 0, 0, []
+    for (path, leaf), sharding in zip(_leaf_paths(abstract_params), jax.tree.leaves(shardings)):
+        nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        total += nbytes
+        split = any(mesh.shape[a] > 1 for entry in sharding.spec for a in _spec_axes(entry))
+        if not split:
+            replicated += nbytes
+            names.append((nbytes, path))
+    return replicated, total, [p for _, p in sorted(names, reverse=True)[:5]]
+
+
+def check_replication(abstract_params, shardings, mesh: Mesh, max_fraction: float) -> float:
+    """With an FSDP axis, fail when more than `max_fraction` of parameter bytes stay replicated."""
+    replicated, total, largest = replicated_bytes(abstract_params, shardings, mesh)
+    fraction = replicated / max(total, 1)
+    if mesh.shape["fsdp"] > 1 and fraction > max_fraction:
+        raise ConfigError(
+            f"mesh.max_replicated_fraction={max_fraction}: {fraction:.1%} of parameter bytes stay replicated "
+            f"on an fsdp={mesh.shape['fsdp']} mesh (largest: {', '.join(largest)}); map their logical axes to "
+            f"'fsdp' in mesh.rules, or raise mesh.max_replicated_fraction")
+    return fraction
+
+
+def check_batch_layout(global_batch_size: int, micro_batches: int, mesh: Mesh, rules, process_count: int) -> None:
+    """Each micro-batch must split evenly over the data-parallel devices, and the batch over processes."""
+    dp = data_parallel_size(mesh, rules)
+    step = math.lcm(dp * micro_batches, process_count)
+    if global_batch_size % step:
+        raise ConfigError(
+            f"data.global_batch_size={global_batch_size} does not split into optim.grad_accum_steps="
+            f"{micro_batches} micro-batches over the data-parallel size {dp} (mesh {dict(mesh.shape)}) and "
+            f"{process_count} process(es); use a multiple of {step}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -11,10 +12,11 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from mim_jax import objectives
+from mim_jax import objectives, optim
 from mim_jax.data.transforms import normalize
-from mim_jax.models.mae import MAE
-from mim_jax.sharding import batch_sharding, replicated, state_shardings
+from mim_jax.models.mae import MAE, mae_from_config
+from mim_jax.sharding import batch_sharding, check_batch_layout, check_divisible, check_replication, \
+    logical_rules, replicated, state_shardings
 
 TrainState = train_state.TrainState
 
@@ -60,8 +62,9 @@ def create_train_state(model: MAE, tx: optax.GradientTransformation, mesh, rules
 def abstract_train_state(model: MAE, tx: optax.GradientTransformation, mesh, rules, seed: int = 0):
     """(ShapeDtypeStructs with shardings of the unboxed state, shardings); allocates nothing."""
     init = functools.partial(_init_state, model, tx)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)  # abstract: the mesh may be compile-only devices
     with sharding_context(mesh, rules):
-        abstract, shardings = state_shardings(init, mesh, rules, jax.random.key(seed))
+        abstract, shardings = state_shardings(init, mesh, rules, rng)
     abstract = nn.unbox(abstract)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings), \
         shardings
@@ -82,23 +85,105 @@ def mae_loss_fn(model: MAE, norm_pix_loss: bool) -> Callable:
     return loss_fn
 
 
+def split_micro_batches(x: jax.Array, micro_batches: int) -> jax.Array:
+    """[B, ...] -> [A, B/A, ...] with micro-batch a = rows a, a+A, a+2A, ...; each stays split over devices.
+
+    A strided split keeps every micro-batch spread over all data-parallel devices (a contiguous split
+    would put micro-batch a on 1/A of them).
+    """
+    b = x.shape[0]
+    x = x.reshape((b // micro_batches, micro_batches) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+
+def accumulated_value_and_grad(loss_fn: Callable, params, images: jax.Array, noise: jax.Array,
+                               micro_batches: int, param_shardings: Any):
+    """Mean loss and gradient over `micro_batches` equal micro-batches, summed in fp32 inside a scan.
+
+    Every micro-batch loss is a mean over the same number of masked patches, so the mean of the
+    micro-batch losses (and gradients) equals the full-batch loss (and gradient).
+    """
+    if micro_batches == 1:
+        return jax.value_and_grad(loss_fn)(params, images, noise)
+
+    def body(carry, xs):
+        loss_sum, grad_sum = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, *xs)
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+        return (loss_sum + loss, jax.lax.with_sharding_constraint(grad_sum, param_shardings)), None
+
+    zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), param_shardings)
+    xs = (split_micro_batches(images, micro_batches), split_micro_batches(noise, micro_batches))
+    (loss_sum, grad_sum), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), xs)
+    return loss_sum / micro_batches, jax.tree.map(lambda g: g / micro_batches, grad_sum)
+
+
+def batch_shardings(mesh, rules) -> dict:
+    """Shardings of the train batch dict (uint8 images [B, H, W, 3], labels [B])."""
+    return {"image": batch_sharding(mesh, rules, 4), "label": batch_sharding(mesh, rules, 1)}
+
+
 def make_train_step(model: MAE, schedule: optax.Schedule, seed: int, norm_pix_loss: bool, mesh, rules,
-                    shardings: Any, global_batch_size: int) -> Callable:
-    """jit(step)(state, batch) -> (state, metrics) with explicit in/out shardings and a donated state."""
+                    shardings: Any, global_batch_size: int, micro_batches: int = 1) -> Callable:
+    """jit(step)(state, batch) -> (state, metrics) with explicit in/out shardings and a donated state.
+
+    With `micro_batches` > 1 the gradient is accumulated over that many micro-batches inside the step.
+    """
     loss_fn = mae_loss_fn(model, norm_pix_loss)
 
     def step(state: TrainState, batch: dict):
         noise = mask_noise(seed, state.step, (global_batch_size, num_patches(model)))
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch["image"], noise)
+        loss, grads = accumulated_value_and_grad(loss_fn, state.params, batch["image"], noise, micro_batches,
+                                                 shardings.params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return state.apply_gradients(grads=grads), metrics
 
-    batch_shardings = {"image": batch_sharding(mesh, rules, 4), "label": batch_sharding(mesh, rules, 1)}
-    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings), out_shardings=(shardings, replicated(mesh)),
-                     donate_argnums=0)
+    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings(mesh, rules)),
+                     out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
     def run(state, batch):
         with sharding_context(mesh, rules):
             return jitted(state, batch)
     run.jitted = jitted  # for ahead-of-time lowering (e.g. a memory plan)
     return run
+
+
+@dataclasses.dataclass
+class Program:
+    """Everything one pretraining run compiles: model, optimizer, sharded abstract state and the step."""
+    model: MAE
+    tx: optax.GradientTransformation
+    mesh: Any
+    rules: tuple
+    abstract_state: Any     # ShapeDtypeStructs carrying their shardings; nothing allocated
+    shardings: Any
+    step: Callable          # step(state, batch) -> (state, metrics); step.jitted for .lower()
+    replicated_fraction: float
+
+    def abstract_batch(self, global_batch_size: int, image_size: int) -> dict:
+        """ShapeDtypeStructs of one global train batch with their shardings (for ahead-of-time lowering)."""
+        shardings = batch_shardings(self.mesh, self.rules)
+        return {"image": jax.ShapeDtypeStruct((global_batch_size, image_size, image_size, 3), jnp.uint8,
+                                              sharding=shardings["image"]),
+                "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=shardings["label"])}
+
+    def lower(self, global_batch_size: int, image_size: int):
+        """Lower the jitted train step for abstract state and batch (no device memory is touched)."""
+        with sharding_context(self.mesh, self.rules):
+            return self.step.jitted.lower(self.abstract_state, self.abstract_batch(global_batch_size, image_size))
+
+
+def build_program(config, mesh, process_count: int = 1) -> Program:
+    """The sharded train program of `config` on `mesh`; checks batch layout, divisibility and replication."""
+    rules = logical_rules(config.mesh)
+    batch, total, micro = config.data.global_batch_size, config.total_steps, config.optim.grad_accum_steps
+    check_batch_layout(batch, micro, mesh, rules, process_count)
+    model = mae_from_config(config.model)
+    schedule = optim.learning_rate_schedule(config.optim, batch, total)
+    tx = optim.make_optimizer(config.optim, batch, total)
+    abstract, shardings = abstract_train_state(model, tx, mesh, rules, config.seed)
+    check_divisible(abstract.params, shardings.params, mesh)
+    fraction = check_replication(abstract.params, shardings.params, mesh, config.mesh.max_replicated_fraction)
+    step = make_train_step(model, schedule, config.seed, config.model.norm_pix_loss, mesh, rules, shardings,
+                           batch, micro)
+    return Program(model, tx, mesh, rules, abstract, shardings, step, fraction)

@@ -95,6 +95,10 @@ def test_sigkill_then_rerun_resumes(tiny_dataset, tmp_path):
     ("--config.data.global_batch_size=0", "data.global_batch_size=0: must be a positive integer"),
     ("--config.model.mask_ratio=1.5", "model.mask_ratio=1.5: must lie in (0, 1)"),
     ("--config.data.path=/nonexistent/data", "data.path='/nonexistent/data' does not exist"),
+    ("--config.mesh.shape=(3,1,1)", "mesh.shape=(3, 1, 1) uses 3 devices but 8 are available"),
+    ("--config.data.global_batch_size=12", "data.global_batch_size=12 does not split into optim.grad_accum_steps=1 "
+                                           "micro-batches over the data-parallel size 8"),
+    ("--config.model.heads=5", "model.width=192 is not divisible by model.heads=5"),
 ])
 def test_bad_input_fails_in_one_line(tmp_path, override, message):
     extra = ["--config.data.source=arrayrecord"] if "data.path" in override else []

@@ -23,3 +23,14 @@ def test_write_rows(tmp_path):
     row = log.write(2, {"loss": 0.5, "lr": 1e-3})
     assert row["step"] == 2 and row["img_per_sec"] == row["steps_per_sec"] * 8
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 0.5
+
+
+def test_mfu_is_model_flops_rate_over_total_peak(tmp_path, capsys):
+    log = run_log.RunLog(str(tmp_path), total_steps=10, global_batch_size=8, start_step=0, tensorboard=False,
+                         flops_per_step=2e12, peak_flops=8e12)
+    row = log.write(1, {"loss": 0.5, "lr": 1e-3})
+    assert abs(row["mfu"] - 2e12 * row["steps_per_sec"] / 8e12) < 1e-12
+    assert "MFU" in capsys.readouterr().out
+    no_peak = run_log.RunLog(str(tmp_path), total_steps=10, global_batch_size=8, start_step=0,
+                             tensorboard=False, flops_per_step=2e12, peak_flops=None)
+    assert "mfu" not in no_peak.write(1, {"loss": 0.5, "lr": 1e-3})

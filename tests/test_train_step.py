@@ -28,7 +28,7 @@ def tiny_config():
     return c
 
 
-def run_steps(mesh_shape, devices, num_steps=3, sgd=False):
+def run_steps(mesh_shape, devices, num_steps=3, sgd=False, micro_batches=1):
     c = tiny_config()
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=c.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg, devices), logical_rules(mesh_cfg)
@@ -38,7 +38,7 @@ def run_steps(mesh_shape, devices, num_steps=3, sgd=False):
     tx = optax.sgd(0.5) if sgd else optim.make_optimizer(c.optim, BATCH, 10)
     state, shardings = create_train_state(model, tx, mesh, rules, seed=0)
     step = make_train_step(model, optim.learning_rate_schedule(c.optim, BATCH, 10), 0, True, mesh, rules,
-                           shardings, BATCH)
+                           shardings, BATCH, micro_batches)
     rng = np.random.default_rng(0)
     local = {"image": rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 10, (BATCH,), dtype=np.int32)}
@@ -68,6 +68,24 @@ def test_same_losses_and_params_data_parallel(single_device_runs):
     adam_losses, _ = run_steps((8, 1, 1), jax.devices())
     sgd_losses, sgd_params = run_steps((8, 1, 1), jax.devices(), sgd=True)
     check_against_single_device(single_device_runs, adam_losses, sgd_losses, sgd_params)
+
+
+@pytest.mark.parametrize("mesh_shape,num_devices", [((1, 1, 1), 1), ((2, 1, 1), 2)])
+def test_gradient_accumulation_equals_full_batch(single_device_runs, mesh_shape, num_devices):
+    """4 micro-batches of B/4 inside the step give the update of one step on B (fp32 tolerance)."""
+    devices = jax.devices()[:num_devices]
+    adam_losses, _ = run_steps(mesh_shape, devices, micro_batches=4)
+    sgd_losses, sgd_params = run_steps(mesh_shape, devices, sgd=True, micro_batches=4)
+    check_against_single_device(single_device_runs, adam_losses, sgd_losses, sgd_params)
+
+
+def test_micro_batches_are_strided_rows():
+    from mim_jax.train_step import split_micro_batches
+    x = np.arange(12 * 2).reshape(12, 2)
+    parts = np.asarray(split_micro_batches(x, 4))
+    assert parts.shape == (4, 3, 2)
+    np.testing.assert_array_equal(parts[1], x[1::4])
+    np.testing.assert_array_equal(np.sort(parts.reshape(-1, 2), axis=0), x)
 
 
 def dump_mesh_run(mesh_shape: tuple, path: str) -> None:
@@ -123,3 +141,27 @@ def test_mask_noise_depends_on_seed_and_step_only():
     np.testing.assert_array_equal(a, np.asarray(mask_noise(0, 5, (4, 16))))
     assert not np.array_equal(a, np.asarray(mask_noise(0, 6, (4, 16))))
     assert not np.array_equal(a, np.asarray(mask_noise(1, 5, (4, 16))))
+
+
+def test_bfloat16_compute_keeps_fp32_params_optimizer_and_loss():
+    """model.dtype=bfloat16: matmuls in bf16; params, AdamW moments and the loss stay float32."""
+    from mim_jax.train_step import build_program
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        c = tiny_config()
+        c.model.dtype = dtype
+        c.mesh.shape = (1, 1, 1)
+        mesh = make_mesh(c.mesh, jax.devices()[:1])
+        program = build_program(c, mesh)
+        state, _ = create_train_state(program.model, program.tx, mesh, program.rules, seed=0)
+        rng = np.random.default_rng(0)
+        local = {"image": rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8),
+                 "label": np.zeros((BATCH,), np.int32)}
+        state, metrics = program.step(state, global_batch(local, mesh, program.rules))
+        assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+        assert {x.dtype for x in jax.tree.leaves(state.opt_state[0].mu)} == {np.dtype("float32")}
+        assert metrics["loss"].dtype == np.float32
+        losses[dtype] = float(metrics["loss"])
+    # bf16 has an 8-bit mantissa: the loss agrees to about 1%, not to fp32 precision.
+    assert losses["bfloat16"] != losses["float32"]
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 
 
-from mim_jax import configuration
+import jax
+
+from mim_jax import configuration, distributed
 from mim_jax.cli_flags import run_cli
 from mim_jax.configuration import ConfigError
 from mim_jax.data.sources import resolve_dataset_dir
@@ -17,6 +19,7 @@ from mim_jax.sharding import logical_rules, make_mesh
 
 def evaluate(config, workdir: str) -> dict:
     """Run the configured evaluation and write WORKDIR/evals/<config.name>.json."""
+    distributed.initialize()
     configuration.validate_probe(config.probe, "probe")
     workdir = configuration.check_workdir(workdir)
     if not config.init_from:
@@ -30,7 +33,8 @@ def evaluate(config, workdir: str) -> dict:
                            config.probe, mesh, rules, config.seed)
     result.update(step=step, init_from=config.init_from)
     path = write_eval(workdir, config.name, result)
-    print(f"{config.name}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} (step {step}) -> {path}", flush=True)
+    if jax.process_index() == 0:
+        print(f"{config.name}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} (step {step}) -> {path}", flush=True)
     return result
 
 

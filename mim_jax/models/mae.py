@@ -9,6 +9,11 @@ from mim_jax.models.vit import BlockStack, Encoder, encoder_from_config, layer_n
     xavier_uniform
 
 
+def num_visible(length: int, mask_ratio: float) -> int:
+    """Tokens kept (seen by the encoder) out of `length` patches: int(L * (1 - r)), rounded down as in MAE."""
+    return int(length * (1 - mask_ratio))
+
+
 def random_masking(noise: jax.Array, mask_ratio: float) -> dict:
     """Per-sample masking from uniform noise [B, L] with static shapes (argsort, MAE).
 
@@ -18,7 +23,7 @@ def random_masking(noise: jax.Array, mask_ratio: float) -> dict:
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"model.mask_ratio={mask_ratio} must lie in (0, 1), e.g. 0.75")
     length = noise.shape[1]
-    num_keep = int(length * (1 - mask_ratio))
+    num_keep = num_visible(length, mask_ratio)
     shuffle_ids = jnp.argsort(noise, axis=1)
     restore_ids = jnp.argsort(shuffle_ids, axis=1)
     shuffled_mask = (jnp.arange(length) >= num_keep).astype(jnp.float32)
@@ -36,6 +41,7 @@ class Decoder(nn.Module):
     out_dim: int
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
+    scan_unroll: int = 1  # passed to BlockStack
 
     @nn.compact
     def __call__(self, latent: jax.Array, restore_ids: jax.Array) -> jax.Array:
@@ -53,7 +59,8 @@ class Decoder(nn.Module):
         x = jnp.concatenate([x[:, :1], tokens], axis=1)
         x = x + jnp.asarray(sincos_2d(self.width, self.grid_size), self.dtype)[None]
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
-        x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype, name="blocks")(x)
+        x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype,
+                       scan_unroll=self.scan_unroll, name="blocks")(x)
         x = layer_norm(self.dtype, "norm")(x)
         return nn.Dense(self.out_dim, dtype=self.dtype, name="pred",
                         kernel_init=partitioned(xavier_uniform(), ("embed", "patch")),

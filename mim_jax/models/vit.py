@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mim_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTSize:
@@ -43,7 +45,7 @@ LN_EPS = 1e-6
 def lookup_size(variant: str) -> ViTSize:
     """Size table entry for `variant`, with an error listing valid names."""
     if variant not in VIT_SIZES:
-        raise ValueError(f"model.variant={variant!r} is not a known ViT size; use one of {sorted(VIT_SIZES)}")
+        raise ConfigError(f"model.variant={variant!r} is not a known ViT size; use one of {sorted(VIT_SIZES)}")
     return VIT_SIZES[variant]
 
 
@@ -61,7 +63,7 @@ def sincos_2d(embed_dim: int, grid_size: int, cls_token: bool = True) -> np.ndar
     rows in raster order (row-major over the patch grid).
     """
     if embed_dim % 4:
-        raise ValueError(f"width must be a multiple of 4 for 2-D sin-cos positions, got {embed_dim}")
+        raise ConfigError(f"model.width={embed_dim}: must be a multiple of 4 for 2-D sin-cos positions")
     rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
     table = np.concatenate([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], axis=1)
     if cls_token:
@@ -188,7 +190,7 @@ class Block(nn.Module):
 
 def _remat_policy(name: str):
     if name not in REMAT_POLICIES:
-        raise ValueError(f"model.remat={name!r}; use one of {REMAT_POLICIES}")
+        raise ConfigError(f"model.remat={name!r}; use one of {REMAT_POLICIES}")
     return {"full": jax.checkpoint_policies.nothing_saveable,
             "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims}.get(name)
 
@@ -201,6 +203,7 @@ class BlockStack(nn.Module):
     mlp_dim: int
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
+    scan_unroll: int = 1  # nn.scan's unroll; = depth gives a loop-free program (exact XLA cost analysis)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -209,7 +212,8 @@ class BlockStack(nn.Module):
         if self.remat != "none":
             block = nn.remat(Block, policy=_remat_policy(self.remat), prevent_cse=False)
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                        length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+                        length=self.depth, unroll=self.scan_unroll,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = stack(self.width, self.heads, self.mlp_dim, self.dtype, name="layers")(x, None)
         return x
 
@@ -224,6 +228,7 @@ class Encoder(nn.Module):
     image_size: int
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
+    scan_unroll: int = 1  # passed to BlockStack
 
     @property
     def grid_size(self) -> int:
@@ -243,7 +248,8 @@ class Encoder(nn.Module):
         cls = jnp.broadcast_to((cls + pos[None, :1]).astype(self.dtype), (x.shape[0], 1, self.width))
         x = jnp.concatenate([cls, x], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
-        x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype, name="blocks")(x)
+        x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype,
+                       scan_unroll=self.scan_unroll, name="blocks")(x)
         return layer_norm(self.dtype, "norm")(x)
 
 
@@ -262,7 +268,7 @@ def resolve_dims(model_cfg) -> dict:
         if override:
             size[field] = int(override)
     if size["width"] % size["heads"]:
-        raise ValueError(f"model.width={size['width']} is not divisible by model.heads={size['heads']}")
+        raise ConfigError(f"model.width={size['width']} is not divisible by model.heads={size['heads']}")
     return size
 
 
