@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "mim-pretrain=mim_jax.pretrain:run",
             "mim-eval=mim_jax.evaluate.__main__:run",
+            "mim-plan=mim_jax.plan:run",
         ],
     },
 )

@@ -20,8 +20,29 @@ def test_paper_config_schedule():
     assert config.total_steps == 800 * 1_281_167 // 4096 and config.optim.warmup_steps == 40 * 1_281_167 // 4096
 
 
+@pytest.mark.parametrize("model", ["B/16", "L/16", "H/14", "2B/14", "6.5B/14"])
+def test_paper_sizes_name_a_planned_slice(model):
+    """Every paper size at batch 4096 carries a v5p slice whose chip count its mesh fills."""
+    import math
+    from mim_jax.plan import parse_topology
+    config = load_config_file(f"configs/pretrain.py:model={model},recipe=maws")
+    topology = parse_topology(config.plan.topology)
+    assert topology.generation == "v5p" and config.data.global_batch_size == 4096
+    shape = config.mesh.shape
+    assert shape.count(-1) == 1 and topology.chips % math.prod(s for s in shape if s != -1) == 0
+    assert config.model.dtype == ("float32" if model == "6.5B/14" else "bfloat16")
+    assert config.total_steps == 3_000_000_000 // 4096 and config.optim.warmup_steps == config.total_steps // 20
+
+
+def test_unknown_recipe_is_named():
+    with pytest.raises(ValueError, match=r"recipe='bert'; use one of \('mae', 'maws'\)"):
+        load_config_file("configs/pretrain.py:model=B/16,recipe=bert")
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("total_steps", 0, "total_steps=0: must be a positive integer"),
+    ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0: must be a positive integer"),
+    ("mesh.max_replicated_fraction", 1.5, "mesh.max_replicated_fraction=1.5: must lie in [0, 1]"),
     ("model.variant", "XL/16", "model.variant='XL/16': use one of"),
     ("model.mask_ratio", 0.0, "must lie in (0, 1)"),
     ("model.dtype", "float16", "model.dtype='float16'"),
