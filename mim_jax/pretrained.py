@@ -28,6 +28,6 @@ def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[An
     if step is None or step not in manager.all_steps():
         raise ConfigError(f"init_from={init_from!r}: no complete checkpoint found "
                           f"(available steps: {list(manager.all_steps())})")
-    abstract, _ = abstract_train_state(model, tx, mesh, rules, run_cfg.seed)
+    abstract, _ = abstract_train_state(model, tx, mesh, rules)
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     return run_cfg, model, state.params, step

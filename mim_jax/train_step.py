@@ -59,7 +59,7 @@ def create_train_state(model: MAE, tx: optax.GradientTransformation, mesh, rules
     return jax.block_until_ready(state), shardings
 
 
-def abstract_train_state(model: MAE, tx: optax.GradientTransformation, mesh, rules, seed: int = 0):
+def abstract_train_state(model: MAE, tx: optax.GradientTransformation, mesh, rules):
     """(ShapeDtypeStructs with shardings of the unboxed state, shardings); allocates nothing."""
     init = functools.partial(_init_state, model, tx)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)  # abstract: the mesh may be compile-only devices
@@ -181,7 +181,7 @@ def build_program(config, mesh, process_count: int = 1) -> Program:
     model = mae_from_config(config.model)
     schedule = optim.learning_rate_schedule(config.optim, batch, total)
     tx = optim.make_optimizer(config.optim, batch, total)
-    abstract, shardings = abstract_train_state(model, tx, mesh, rules, config.seed)
+    abstract, shardings = abstract_train_state(model, tx, mesh, rules)
     check_divisible(abstract.params, shardings.params, mesh)
     fraction = check_replication(abstract.params, shardings.params, mesh, config.mesh.max_replicated_fraction)
     step = make_train_step(model, schedule, config.seed, config.model.norm_pix_loss, mesh, rules, shardings,
