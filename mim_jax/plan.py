@@ -27,12 +27,13 @@ from mim_jax import configuration, flops  # noqa: E402
 from mim_jax.cli_flags import run_cli  # noqa: E402
 from mim_jax.errors import ConfigError  # noqa: E402
 from mim_jax.sharding import make_mesh  # noqa: E402
+from mim_jax.tpu_slices import GENERATIONS, Slice  # noqa: E402
 from mim_jax.models.mae import mae_from_config  # noqa: E402
 from mim_jax.train_step import build_program, dummy_images, mae_loss_fn, num_patches  # noqa: E402
 
 GIB = 2 ** 30
 # HBM per chip (GiB) and the number of topology dimensions per TPU generation.
-TPU_CHIPS = {"v4": (32, 3), "v5e": (16, 2), "v5p": (95, 3), "v6e": (32, 2)}
+TPU_CHIPS = {name: (g.hbm_gib, g.topology_dims) for name, g in GENERATIONS.items()}
 TOPOLOGY_RE = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+)*)$")
 
 
@@ -72,14 +73,10 @@ def parse_topology(text: str) -> Topology:
     return Topology(generation, dims)
 
 
-# Accelerator-type names as TPU VMs report them (v4 / v5p count TensorCores, two per chip).
-ACCELERATOR_TYPE = {"v4": ("v4", 2), "v5e": ("v5litepod", 1), "v5p": ("v5p", 2), "v6e": ("v6e", 1)}
-
-
 def quiet_libtpu(topology: Topology) -> None:
     """Describe a single compile-only host to libtpu, which otherwise logs errors looking for a TPU VM."""
-    prefix, cores_per_chip = ACCELERATOR_TYPE[topology.generation]
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{prefix}-{topology.chips * cores_per_chip}")
+    accelerator_type = Slice(GENERATIONS[topology.generation], topology.chips).accelerator_type
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", accelerator_type)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip to lock; plans may run side by side

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -64,9 +64,14 @@ def logical_rules(mesh_cfg) -> tuple:
 
 def data_parallel_size(mesh: Mesh, rules) -> int:
     """Number of shards of the batch dimension under `rules`."""
+    return batch_shards(dict(mesh.shape), rules)
+
+
+def batch_shards(mesh_shape: Mapping[str, int], rules) -> int:
+    """Number of shards of the batch dimension for mesh axis sizes `mesh_shape` (no devices needed)."""
     axes = dict(rules).get("batch")
     axes = (axes,) if isinstance(axes, str) else (axes or ())
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(mesh_shape[a] for a in axes)
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
@@ -147,10 +152,16 @@ def check_replication(abstract_params, shardings, mesh: Mesh, max_fraction: floa
 
 def check_batch_layout(global_batch_size: int, micro_batches: int, mesh: Mesh, rules, process_count: int) -> None:
     """Each micro-batch must split evenly over the data-parallel devices, and the batch over processes."""
-    dp = data_parallel_size(mesh, rules)
+    check_batch_split(global_batch_size, micro_batches, dict(mesh.shape), rules, process_count)
+
+
+def check_batch_split(global_batch_size: int, micro_batches: int, mesh_shape: Mapping[str, int], rules,
+                      process_count: int) -> None:
+    """check_batch_layout on mesh axis sizes alone (e.g. a launcher checking a job it has not started)."""
+    dp = batch_shards(mesh_shape, rules)
     step = math.lcm(dp * micro_batches, process_count)
     if global_batch_size % step:
         raise ConfigError(
             f"data.global_batch_size={global_batch_size} does not split into optim.grad_accum_steps="
-            f"{micro_batches} micro-batches over the data-parallel size {dp} (mesh {dict(mesh.shape)}) and "
+            f"{micro_batches} micro-batches over the data-parallel size {dp} (mesh {dict(mesh_shape)}) and "
             f"{process_count} process(es); use a multiple of {step}")
