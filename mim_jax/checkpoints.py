@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import orbax.checkpoint as ocp
 
+from mim_jax import workdir as run_dirs
 from mim_jax.configuration import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -17,7 +18,7 @@ def checkpoint_manager(workdir: str, max_to_keep: int, async_save: bool) -> ocp.
     """Manager over WORKDIR/checkpoints saving {state, meta} items."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                            create=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options,
+    return ocp.CheckpointManager(run_dirs.join(run_dirs.resolve(workdir), CHECKPOINT_DIR), options=options,
                                  item_names=("state", "meta"))
 
 

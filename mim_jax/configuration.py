@@ -1,10 +1,10 @@
 """Config defaults shared by every pretraining config, and validation with errors that name the field."""
 from __future__ import annotations
 
-import os
 
 import ml_collections
 
+from mim_jax import workdir as run_dirs
 from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
 from mim_jax.sharding import DEFAULT_RULES
@@ -163,11 +163,11 @@ def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) ->
 
 
 def check_workdir(workdir: str) -> str:
-    """Absolute workdir path; errors if it is a file or cannot be created."""
+    """Absolute workdir path (or a gs:// URL); errors if it is a file or cannot be created."""
     if not workdir:
         raise ConfigError("--workdir is required, e.g. --workdir=workdirs/my_run")
-    path = os.path.abspath(os.path.expanduser(workdir))
-    if os.path.exists(path) and not os.path.isdir(path):
+    path = run_dirs.resolve(workdir)
+    if run_dirs.exists(path) and not run_dirs.is_dir(path):
         raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory path")
-    os.makedirs(path, exist_ok=True)
+    run_dirs.make_dirs(path)
     return path

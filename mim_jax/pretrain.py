@@ -4,12 +4,12 @@ Re-running the same command on the same workdir resumes from the latest complete
 """
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
 
 from mim_jax import checkpoints, configuration, distributed, flops, optim
+from mim_jax import workdir as run_dirs
 from mim_jax.cli_flags import run_cli
 from mim_jax.data import pipeline
 from mim_jax.data.sources import resolve_dataset_dir
@@ -27,8 +27,7 @@ CPU_SYNC_EVERY = 10
 def write_config(workdir: str, config) -> None:
     """Save the resolved config as WORKDIR/config.json (process 0)."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        run_dirs.write_text(run_dirs.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def restore_or_init(config, program: Program, manager):

@@ -4,23 +4,22 @@ from __future__ import annotations
 import json
 import os
 import time
+
 import jax
+
+from mim_jax import workdir as run_dirs
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def truncate_metrics(path: str, last_step: int) -> None:
     """Keep only lines with step <= last_step (a resumed run recomputes the later steps exactly)."""
-    if not os.path.exists(path):
+    if not run_dirs.exists(path):
         return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = [line + "\n" for line in run_dirs.read_text(path).splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
     if len(kept) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        run_dirs.write_text(path, "".join(kept))
 
 
 def format_duration(seconds: float) -> str:
@@ -41,7 +40,7 @@ class RunLog:
         self.flops_per_step, self.peak_flops = flops_per_step, peak_flops
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = run_dirs.join(workdir, METRICS_FILE)
         self._writer = None
         if self.enabled:
             truncate_metrics(self.path, start_step)
@@ -63,8 +62,7 @@ class RunLog:
         if self.flops_per_step and self.peak_flops:
             row["mfu"] = self.flops_per_step * steps_per_sec / self.peak_flops
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            run_dirs.append_text(self.path, json.dumps(row) + "\n")
             if self._writer is not None:
                 self._writer.write_scalars(step, {k: v for k, v in row.items() if k != "step"})
             eta = (self.total_steps - step) / steps_per_sec

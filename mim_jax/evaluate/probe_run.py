@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 
+from mim_jax import workdir as run_dirs
 from mim_jax.data import pipeline
 from mim_jax.evaluate.features import extract_features
 from mim_jax.evaluate.linear_probe import train_linear_probe
@@ -35,10 +35,7 @@ def probe_encoder(encoder: Encoder, params, dataset_dir: str, train_split: str, 
 
 def write_eval(workdir: str, name: str, result: dict) -> str:
     """Write WORKDIR/evals/<name>.json (process 0 only, atomically); returns the path."""
-    path = os.path.join(workdir, EVALS_DIR, f"{name}.json")
+    path = run_dirs.join(workdir, EVALS_DIR, f"{name}.json")
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        run_dirs.write_text(path, json.dumps(result, indent=2, sort_keys=True))
     return path
