@@ -49,17 +49,17 @@ class SubsetSpec:
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finalizer, elementwise on uint64 (a bijection that mixes every bit)."""
-    z = np.asarray(x, np.uint64) + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as the algorithm intends.
+        z = np.asarray(x, np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def scores(key_hashes: np.ndarray, seed: int) -> np.ndarray:
     """A uniform uint64 score per key hash for `seed`; different seeds give independent orders."""
-    with np.errstate(over="ignore"):
-        seed_mix = splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
-        return splitmix64(np.asarray(key_hashes, np.uint64) ^ seed_mix)
+    seed_mix = splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF))
+    return splitmix64(np.asarray(key_hashes, np.uint64) ^ seed_mix)
 
 
 def random_subset(key_hashes: np.ndarray, count: int, seed: int) -> np.ndarray:
