@@ -272,6 +272,7 @@ def test_parquet_ingest(tmp_path):
     (lambda d: open(f"{d}/bad.parquet", "wb").write(b"PAR1 nope"), "parquet:{d}/bad.parquet",
      r"Cannot read parquet file .*bad.parquet"),
     (lambda d: None, "s3:{d}", r"unknown kind 's3'"),
+    (lambda d: os.makedirs(f"{d}/out"), "imagefolder:{d}", r"--out=.*/out' lies inside imagefolder:"),
 ])
 def test_bad_input_errors_name_the_path(tmp_path, make, source, message):
     make(tmp_path)

@@ -34,7 +34,7 @@ import sys
 import tarfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -143,9 +143,12 @@ def prepare_image(data: bytes, options: ImageOptions) -> tuple[bytes, dict[str, 
 # ----------------------------------------------------------------------------- sources
 
 
-def _hash_strings(strings: list[str]) -> str:
-    """A short fingerprint of a list of strings (for plan checks)."""
-    return hashlib.sha256("\n".join(strings).encode()).hexdigest()[:16]
+def _hash_strings(strings: Iterable[str]) -> str:
+    """A short fingerprint of a sequence of strings (for plan checks), computed incrementally."""
+    digest = hashlib.sha256()
+    for string in strings:
+        digest.update(string.encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 def _read_class_index(path: str) -> list[str]:
@@ -268,11 +271,22 @@ def _sample_item(prefix: str, key: str, sample: dict[str, bytes], label_key: str
     return Item(full_key, label, sample[image_ext])
 
 
+def _key_prefix(path: str, root: str) -> str:
+    """The key prefix of the records of one input file: its path below `root`, without extension."""
+    return os.path.splitext(os.path.relpath(path, root))[0]
+
+
+def _common_root(files: Sequence[str]) -> str:
+    """The deepest directory holding every file (key prefixes are relative to it, so they stay unique)."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+
+
 @dataclasses.dataclass(frozen=True)
 class WebDatasetSource:
     """Webdataset tar shards (img2dataset output); a task is one tar file."""
 
     files: tuple[str, ...]
+    root: str
     label_key: str = ""
 
     def describe(self) -> dict[str, Any]:
@@ -286,7 +300,7 @@ class WebDatasetSource:
 
     def read(self, path: str) -> Iterator[Item]:
         """Streams one tar: members are read as bytes and grouped by key; unsafe members are counted."""
-        prefix = os.path.splitext(os.path.basename(path))[0]
+        prefix = _key_prefix(path, self.root)
         try:
             tar = tarfile.open(path, mode="r|*")
         except (tarfile.TarError, OSError, EOFError) as e:
@@ -329,6 +343,7 @@ class ParquetSource:
     """Parquet files with an image-bytes column; a task is one file."""
 
     files: tuple[str, ...]
+    root: str
     image_column: str = ""
     label_key: str = ""
 
@@ -345,7 +360,7 @@ class ParquetSource:
         """Streams the rows of one file in record batches."""
         import pyarrow.parquet as pq
 
-        prefix = os.path.splitext(os.path.basename(path))[0]
+        prefix = _key_prefix(path, self.root)
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError variants
@@ -434,7 +449,7 @@ class TfdsSource:
 Source = ImageFolderSource | WebDatasetSource | ParquetSource | TfdsSource
 
 
-def open_source(spec: str, *, split: str, examples_per_shard: int, class_index: str = "",
+def open_source(spec: str, *, split: str, examples_per_shard: int, out_dir: str, class_index: str = "",
                 existing_classes: list[str] | None = None, label_key: str = "", image_column: str = "",
                 tfds_data_dir: str = "", tfds_split: str = "") -> tuple[Source, list[str] | None]:
     """Parses --source=KIND:LOCATION into a source and its class names (None: from the labels seen)."""
@@ -448,6 +463,9 @@ def open_source(spec: str, *, split: str, examples_per_shard: int, class_index: 
         if not os.path.isdir(root):
             raise records.DatasetError(f"imagefolder:{location}: {root!r} is not a directory; pass the folder "
                                        f"that holds one sub-folder per class.")
+        if out_dir == root or out_dir.startswith(root + os.sep):
+            raise records.DatasetError(f"--out={out_dir!r} lies inside imagefolder:{location}; write the dataset "
+                                       f"outside the image folder.")
         folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if not folders:
             raise records.DatasetError(f"imagefolder:{location}: {root!r} has no class folders; expected "
@@ -455,9 +473,11 @@ def open_source(spec: str, *, split: str, examples_per_shard: int, class_index: 
         classes = given or existing_classes or folders
         return ImageFolderSource(root, tuple(classes), examples_per_shard), list(classes)
     if kind == "webdataset":
-        return WebDatasetSource(tuple(_expand_glob(kind, location)), label_key), given
+        files = _expand_glob(kind, location)
+        return WebDatasetSource(tuple(files), _common_root(files), label_key), given
     if kind == "parquet":
-        return ParquetSource(tuple(_expand_glob(kind, location)), image_column, label_key), given
+        files = _expand_glob(kind, location)
+        return ParquetSource(tuple(files), _common_root(files), image_column, label_key), given
     if kind == "tfds":
         source = TfdsSource(location, tfds_data_dir, tfds_split or split, examples_per_shard)
         return source, given or source.classes()
@@ -636,14 +656,14 @@ def ingest(source: str, out_dir: str, split: str = "train", *, options: ImageOpt
     if existing and split in existing["splits"] and not os.path.isdir(work_dir):
         raise records.DatasetError(f"--out={out_dir!r} already has a split {split!r} not written by ingest; "
                                    f"choose another --split or --out.")
-    reader, classes = open_source(source, split=split, examples_per_shard=examples_per_shard,
+    reader, classes = open_source(source, split=split, examples_per_shard=examples_per_shard, out_dir=out_dir,
                                   class_index=class_index, existing_classes=existing and existing["classes"],
                                   label_key=label_key, image_column=image_column, tfds_data_dir=tfds_data_dir,
                                   tfds_split=tfds_split)
     tasks = reader.plan()
     plan = {"source": source, "input": reader.describe(), "options": dataclasses.asdict(options),
             "examples_per_shard": examples_per_shard, "num_shards": len(tasks), "tool_version": TOOL_VERSION,
-            "tasks_hash": _hash_strings([json.dumps(t) for t in tasks])}
+            "tasks_hash": _hash_strings(json.dumps(t) for t in tasks)}
     os.makedirs(work_dir, exist_ok=True)
     _check_plan(work_dir, plan, out_dir, split)
     worker_reader = dataclasses.replace(reader, files=()) if hasattr(reader, "files") else reader  # Light to pickle.

@@ -7,6 +7,10 @@ randomness is keyed by i as well (`random_map` sits on the global-index dataset)
 augmentation depend only on (seed, s). Process p of P loads positions [p*B/P, (p+1)*B/P) of every
 global batch: the global sequence is cut into chunks of B/P and process p takes chunks
 s*P + p, which is also what makes resuming at `start_step` free.
+
+A training subset (`mim_jax.data.subsets`, config `data.subset`) is a fixed list of record indices
+chosen by key hash before the shuffle, so the same rules hold on the subset. Sources are mim_jax
+dataset directories or TFDS array_record directories (`mim_jax.data.sources`).
 """
 
 from __future__ import annotations
