@@ -53,6 +53,13 @@ def test_random_subsets_nest_and_depend_only_on_keys_and_seed():
     assert counts.min() > 150 and counts.max() < 250
 
 
+def test_lowest_equals_a_stable_sort_prefix_with_ties():
+    values = np.random.default_rng(1).integers(0, 20, size=500).astype(np.uint64)  # Many ties.
+    for count in (1, 37, 250, 500):
+        np.testing.assert_array_equal(subsets.lowest(values, count),
+                                      np.sort(np.argsort(values, kind="stable")[:count]))
+
+
 def test_balanced_fractions_nest_and_match_each_class_share():
     rng = np.random.default_rng(0)
     sizes = np.array([50, 73, 100, 141, 38, 99, 120, 64, 87, 130])

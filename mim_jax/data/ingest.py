@@ -704,7 +704,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     entry = metadata["splits"][args.split]
     print(f"Wrote {entry['num_examples']} images in {len(entry['shards'])} shards to {args.out} (split "
-          f"{args.split!r}); skipped {entry['num_skipped']} {entry['skipped']}; converted {entry['converted']}.")
+          f"{args.split!r}); skipped {entry['num_skipped']} {entry['skipped']}; converted to RGB {entry['converted']}; "
+          f"resized {entry['resized']}.")
 
 
 if __name__ == "__main__":
