@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "arrayrecord"     # arrayrecord (a directory written by mim_jax.data) | synthetic
-    c.data.path = ""                  # dataset directory for source=arrayrecord
+    c.data.path = ""                  # source=arrayrecord: a mim_jax dataset dir or a TFDS array_record dir
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.global_batch_size = 4096
