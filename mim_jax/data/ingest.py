@@ -606,11 +606,11 @@ def _existing_metadata(out_dir: str) -> dict[str, Any] | None:
 
 
 def _final_classes(classes: list[str] | None, max_label: int, existing: list[str] | None,
-                   out_dir: str, split: str) -> list[str]:
+                   out_dir: str, split: str, labeled: bool) -> list[str]:
     """Class names for metadata.json: given ones, or numbered / 'unlabeled' ones from the labels seen."""
     if classes is None:
         classes = existing if existing and len(existing) > max_label else (
-            [str(i) for i in range(max_label + 1)] if max_label > 0 else UNLABELED)
+            [str(i) for i in range(max(max_label, 0) + 1)] if labeled else UNLABELED)
     if max_label >= len(classes):
         raise records.DatasetError(f"Split {split!r} has label {max_label} but only {len(classes)} class names; "
                                    f"pass a --class_index file listing every class.")
@@ -629,7 +629,8 @@ def _assemble(out_dir: str, work_dir: str, split: str, jobs: list[ShardJob], cla
     key_hashes = np.concatenate([p["key_hashes"] for p in parts]).astype(np.uint64)
     labels = np.concatenate([p["labels"] for p in parts]).astype(np.int32)
     existing = _existing_metadata(out_dir)
-    classes = _final_classes(classes, totals.pop("max_label"), existing and existing["classes"], out_dir, split)
+    classes = _final_classes(classes, totals.pop("max_label"), existing and existing["classes"], out_dir, split,
+                             labeled=bool(plan["input"].get("label_key")))
     entry = {**totals, "shards": [job.shard for job in jobs],
              "index": records.write_index(out_dir, split, key_hashes, labels)}
     splits = {**(existing["splits"] if existing else {}), split: entry}
