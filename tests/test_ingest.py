@@ -268,7 +268,7 @@ def test_parquet_ingest(tmp_path):
     (lambda d: os.makedirs(f"{d}/noimg/cat"), "imagefolder:{d}/noimg", r"noimg holds no images in class folders"),
     (lambda d: None, "webdataset:{d}/*.tar", r"\*\.tar matches no files; check the path"),
     (lambda d: open(f"{d}/bad.tar", "wb").write(os.urandom(2000)), "webdataset:{d}/bad.tar",
-     r"Cannot read tar shard .*bad.tar.*re-download it or remove it"),
+     r"Cannot read tar shard .*bad.tar.*re-download it and re-run the same command"),
     (lambda d: open(f"{d}/bad.parquet", "wb").write(b"PAR1 nope"), "parquet:{d}/bad.parquet",
      r"Cannot read parquet file .*bad.parquet"),
     (lambda d: None, "s3:{d}", r"unknown kind 's3'"),
@@ -278,6 +278,22 @@ def test_bad_input_errors_name_the_path(tmp_path, make, source, message):
     make(tmp_path)
     with pytest.raises(records.DatasetError, match=message):
         ingest.ingest(source.format(d=tmp_path), str(tmp_path / "out"), num_workers=1, progress=False)
+
+
+def test_unreadable_shard_stops_then_resumes_with_skip_unreadable(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _clean_shard(shards / "00000.tar", 3, 0)
+    (shards / "00001.tar").write_bytes(os.urandom(3000))
+    _clean_shard(shards / "00002.tar", 2, 10)
+    source, out = f"webdataset:{shards}/*.tar", str(tmp_path / "out")
+    with pytest.raises(records.DatasetError, match=r"00001.tar.*re-download it and re-run.*--skip_unreadable"):
+        ingest.ingest(source, out, num_workers=1, progress=False)
+    assert not os.path.exists(os.path.join(out, records.METADATA_FILE))
+    metadata = ingest.ingest(source, out, num_workers=1, progress=False, skip_unreadable=True)
+    entry = metadata["splits"]["train"]
+    assert entry["num_examples"] == 5 and entry["skipped"] == {"unreadable_shard": 1}
+    assert sorted(_read_back(out)) == ["00000/000", "00000/001", "00000/002", "00002/010", "00002/011"]
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):

@@ -49,6 +49,12 @@ UNLABELED = ["unlabeled"]
 WORK_DIR = ".ingest"  # Per-split plan, per-shard counts and index parts (what makes resuming possible).
 TOOL = "mim_jax.data.ingest"
 TOOL_VERSION = 1
+_UNREADABLE_FIX = ("re-download it and re-run the same command (finished shards are kept), or add "
+                   "--skip_unreadable to count it as skipped and go on.")
+
+
+class UnreadableInput(records.DatasetError):
+    """A whole input file (tar, parquet) cannot be opened."""
 
 
 class SkippedItem(Exception):
@@ -304,8 +310,7 @@ class WebDatasetSource:
         try:
             tar = tarfile.open(path, mode="r|*")
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise records.DatasetError(f"Cannot read tar shard {path!r} ({e}); re-download it or remove it "
-                                       f"from --source, then re-run the same command (finished shards are kept).") from e
+            raise UnreadableInput(f"Cannot read tar shard {path!r} ({e}); {_UNREADABLE_FIX}") from e
         key, sample = None, {}
         with tar:
             try:
@@ -364,8 +369,7 @@ class ParquetSource:
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError variants
-            raise records.DatasetError(f"Cannot read parquet file {path!r} ({e}); re-download it or remove it "
-                                       f"from --source.") from e
+            raise UnreadableInput(f"Cannot read parquet file {path!r} ({e}); {_UNREADABLE_FIX}") from e
         names = parquet.schema_arrow.names
         image_column = self.image_column or next((c for c in PARQUET_IMAGE_COLUMNS if c in names), "")
         if image_column not in names:
@@ -498,6 +502,7 @@ class ShardJob:
     work_dir: str
     shard: str
     options: ImageOptions
+    skip_unreadable: bool = False
 
 
 def _shard_done(job: ShardJob) -> bool:
@@ -518,22 +523,28 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
     counts = {"written": 0, "skipped": Counter(), "converted": Counter(), "resized": 0, "max_label": -1}
     key_hashes, labels = [], []
     with records.ShardWriter(os.path.join(job.out_dir, job.shard)) as writer:
-        for item in job.source.read(job.task):
-            try:
-                if item.skip_reason:
-                    raise SkippedItem(item.skip_reason)
-                data, changes = prepare_image(item.image, job.options)
-            except SkippedItem as skipped:
-                counts["skipped"][skipped.reason] += 1
-                continue
-            writer.write(records.encode_record(data, item.label, item.key))
-            key_hashes.append(records.key_hash(item.key))
-            labels.append(item.label)
-            counts["written"] += 1
-            counts["resized"] += int(changes["resized"])
-            counts["max_label"] = max(counts["max_label"], item.label)
-            if changes["converted_from"]:
-                counts["converted"][changes["converted_from"]] += 1
+        try:
+            items = iter(job.source.read(job.task))
+            for item in items:
+                try:
+                    if item.skip_reason:
+                        raise SkippedItem(item.skip_reason)
+                    data, changes = prepare_image(item.image, job.options)
+                except SkippedItem as skipped:
+                    counts["skipped"][skipped.reason] += 1
+                    continue
+                writer.write(records.encode_record(data, item.label, item.key))
+                key_hashes.append(records.key_hash(item.key))
+                labels.append(item.label)
+                counts["written"] += 1
+                counts["resized"] += int(changes["resized"])
+                counts["max_label"] = max(counts["max_label"], item.label)
+                if changes["converted_from"]:
+                    counts["converted"][changes["converted_from"]] += 1
+        except UnreadableInput:
+            if not job.skip_unreadable:
+                raise
+            counts["skipped"]["unreadable_shard"] += 1  # Its output shard stays empty.
     with open(os.path.join(job.work_dir, job.shard + ".npz.tmp"), "wb") as f:
         np.savez(f, key_hashes=np.array(key_hashes, np.uint64), labels=np.array(labels, np.int32))
     os.replace(os.path.join(job.work_dir, job.shard + ".npz.tmp"), os.path.join(job.work_dir, job.shard + ".npz"))
@@ -644,7 +655,7 @@ def _assemble(out_dir: str, work_dir: str, split: str, jobs: list[ShardJob], cla
 def ingest(source: str, out_dir: str, split: str = "train", *, options: ImageOptions = ImageOptions(),
            examples_per_shard: int = 1024, num_workers: int | None = None, class_index: str = "",
            label_key: str = "", image_column: str = "", tfds_data_dir: str = "", tfds_split: str = "",
-           progress: bool = True) -> dict[str, Any]:
+           skip_unreadable: bool = False, progress: bool = True) -> dict[str, Any]:
     """Ingests `source` as `split` of the dataset in `out_dir` (resuming a previous run); returns its metadata."""
     if examples_per_shard <= 0 or options.max_side < 0 or not 1 <= options.jpeg_quality <= 100:
         raise records.DatasetError(f"Need --examples_per_shard >= 1, --max_side >= 0, 1 <= --jpeg_quality <= 100; "
@@ -668,8 +679,8 @@ def ingest(source: str, out_dir: str, split: str = "train", *, options: ImageOpt
     os.makedirs(work_dir, exist_ok=True)
     _check_plan(work_dir, plan, out_dir, split)
     worker_reader = dataclasses.replace(reader, files=()) if hasattr(reader, "files") else reader  # Light to pickle.
-    jobs = [ShardJob(worker_reader, task, out_dir, work_dir, records.shard_name(split, i, len(tasks)), options)
-            for i, task in enumerate(tasks)]
+    jobs = [ShardJob(worker_reader, task, out_dir, work_dir, records.shard_name(split, i, len(tasks)), options,
+                     skip_unreadable) for i, task in enumerate(tasks)]
     _run_jobs(jobs, num_workers or os.cpu_count() or 1, progress)
     return _assemble(out_dir, work_dir, split, jobs, classes, plan)
 
@@ -693,13 +704,16 @@ def main(argv: list[str] | None = None) -> None:
                                                            f"{PARQUET_IMAGE_COLUMNS})")
     parser.add_argument("--tfds_data_dir", default="")
     parser.add_argument("--tfds_split", default="", help="TFDS split to read (default: --split)")
+    parser.add_argument("--skip_unreadable", action="store_true",
+                        help="count tar/parquet files that cannot be opened as skipped instead of stopping")
     args = parser.parse_args(argv)
     options = ImageOptions(max_side=args.max_side, jpeg_quality=args.jpeg_quality, max_pixels=args.max_pixels)
     try:
         metadata = ingest(args.source, args.out, args.split, options=options,
                           examples_per_shard=args.examples_per_shard, num_workers=args.num_workers,
                           class_index=args.class_index, label_key=args.label_key, image_column=args.image_column,
-                          tfds_data_dir=args.tfds_data_dir, tfds_split=args.tfds_split)
+                          tfds_data_dir=args.tfds_data_dir, tfds_split=args.tfds_split,
+                          skip_unreadable=args.skip_unreadable)
     except records.DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
