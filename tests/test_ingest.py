@@ -236,6 +236,21 @@ def test_webdataset_labels_and_truncated_shard(tmp_path):
         "a/000": 0, "a/001": 1, "a/002": 0, "a/003": 1, "b/010": 0, "b/011": 1}
 
 
+def test_exif_orientation_is_applied():
+    image = _gradient(24, 16, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "Rotate 90 CW to display".
+    data = _encode(image, exif=exif.tobytes(), quality=95)
+    stored, changes = ingest.prepare_image(data, ingest.ImageOptions())
+    assert changes["rotated"] and stored != data
+    upright = _pixels(stored)
+    reference = np.rot90(np.asarray(image, np.float64), k=-1)  # 90 degrees clockwise.
+    assert upright.shape == (24, 16, 3) and np.abs(upright - reference).mean() < 2.5
+    plain = _encode(image)
+    assert ingest.prepare_image(plain, ingest.ImageOptions()) == (plain, {
+        "converted_from": "", "resized": False, "rotated": False})
+
+
 def test_brace_globs_expand_like_webdataset():
     assert ingest._expand_braces("/d/{008..011}.tar") == [f"/d/{i:03d}.tar" for i in range(8, 12)]
     assert ingest.is_unsafe_member_name("a/../../b.jpg") and ingest.is_unsafe_member_name("/x.jpg")

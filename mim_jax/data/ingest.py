@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from mim_jax.data import records
@@ -49,6 +49,7 @@ UNLABELED = ["unlabeled"]
 WORK_DIR = ".ingest"  # Per-split plan, per-shard counts and index parts (what makes resuming possible).
 TOOL = "mim_jax.data.ingest"
 TOOL_VERSION = 1
+EXIF_ORIENTATION = 0x0112
 _UNREADABLE_FIX = ("re-download it and re-run the same command (finished shards are kept), or add "
                    "--skip_unreadable to count it as skipped and go on.")
 
@@ -115,7 +116,7 @@ def prepare_image(data: bytes, options: ImageOptions) -> tuple[bytes, dict[str, 
     """Checks, converts and (re-)encodes one image; returns (bytes to store, what was changed).
 
     Raises SkippedItem('empty' | 'undecodable' | 'corrupt' | 'decompression_bomb'). An RGB JPEG or
-    PNG that needs no resizing is stored as is; anything else is stored as RGB JPEG.
+    PNG that needs no resizing or EXIF rotation is stored as is; anything else as an upright RGB JPEG.
     """
     if not data:
         raise SkippedItem("empty")
@@ -125,6 +126,7 @@ def prepare_image(data: bytes, options: ImageOptions) -> tuple[bytes, dict[str, 
             if image.width * image.height > options.max_pixels:
                 raise SkippedItem("decompression_bomb")
             source_mode, source_format = image.mode, image.format
+            rotate = image.getexif().get(EXIF_ORIENTATION, 1) not in (1, None)
             resize = 0 < options.max_side < max(image.size)
             if image.mode not in ("RGB", "L", "CMYK"):
                 image = _flatten_to_rgb(image)  # Palette / alpha: resample only after flattening.
@@ -132,14 +134,16 @@ def prepare_image(data: bytes, options: ImageOptions) -> tuple[bytes, dict[str, 
                 image.thumbnail((options.max_side, options.max_side), Image.BICUBIC)  # A JPEG drafts first.
             image = _flatten_to_rgb(image)
             image.load()
+            if rotate:
+                image = ImageOps.exif_transpose(image)  # Upright pixels; training decoders ignore EXIF.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SkippedItem("decompression_bomb") from None
     except UnidentifiedImageError:
         raise SkippedItem("undecodable") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error):
         raise SkippedItem("corrupt") from None
-    changes = {"converted_from": "" if source_mode == "RGB" else source_mode, "resized": resize}
-    if not resize and source_mode == "RGB" and source_format in ("JPEG", "PNG"):
+    changes = {"converted_from": "" if source_mode == "RGB" else source_mode, "resized": resize, "rotated": rotate}
+    if not resize and not rotate and source_mode == "RGB" and source_format in ("JPEG", "PNG"):
         return data, changes
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=options.jpeg_quality)
@@ -520,7 +524,8 @@ def _write_json(path: str, value: Any) -> None:
 
 def write_shard(job: ShardJob) -> dict[str, Any]:
     """Converts one task into one shard; writes its counts and index part; returns the counts."""
-    counts = {"written": 0, "skipped": Counter(), "converted": Counter(), "resized": 0, "max_label": -1}
+    counts = {"written": 0, "skipped": Counter(), "converted": Counter(), "resized": 0, "rotated": 0,
+              "max_label": -1}
     key_hashes, labels = [], []
     with records.ShardWriter(os.path.join(job.out_dir, job.shard)) as writer:
         try:
@@ -538,6 +543,7 @@ def write_shard(job: ShardJob) -> dict[str, Any]:
                 labels.append(item.label)
                 counts["written"] += 1
                 counts["resized"] += int(changes["resized"])
+                counts["rotated"] += int(changes["rotated"])
                 counts["max_label"] = max(counts["max_label"], item.label)
                 if changes["converted_from"]:
                     counts["converted"][changes["converted_from"]] += 1
@@ -591,7 +597,8 @@ def _sum_counts(all_counts: list[dict[str, Any]]) -> dict[str, Any]:
         converted.update(counts["converted"])
     return {"num_examples": sum(c["written"] for c in all_counts), "skipped": dict(sorted(skipped.items())),
             "num_skipped": sum(skipped.values()), "converted": dict(sorted(converted.items())),
-            "resized": sum(c["resized"] for c in all_counts), "max_label": max(c["max_label"] for c in all_counts)}
+            "resized": sum(c["resized"] for c in all_counts), "rotated": sum(c["rotated"] for c in all_counts),
+            "max_label": max(c["max_label"] for c in all_counts)}
 
 
 def _check_plan(work_dir: str, plan: dict[str, Any], out_dir: str, split: str) -> None:
