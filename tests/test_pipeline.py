@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mim_jax.data import pipeline, records, synthetic, transforms
+from mim_jax.data import ingest, pipeline, records, subsets, synthetic, transforms
 
 NUM_TRAIN, NUM_VAL, SIZE = 50, 23, 32
 
@@ -172,16 +172,8 @@ def test_metadata_helpers(dataset):
 # ----------------------------------------------------------------------------- subsets
 
 
-def _subset(**kwargs):
-    from mim_jax.data import subsets
-
-    return subsets.SubsetSpec(**kwargs)
-
-
 def test_subset_epochs_visit_exactly_the_subset(dataset):
-    from mim_jax.data import subsets
-
-    spec = _subset(kind="random", count=20, seed=5)
+    spec = subsets.SubsetSpec(kind="random", count=20, seed=5)
     key_hashes, _ = records.scan_index(records.open_split(dataset, "train"))  # No index file: scanned.
     expected = sorted(subsets.random_subset(key_hashes, 20, seed=5))
     index = _record_index(dataset)
@@ -194,8 +186,6 @@ def test_subset_epochs_visit_exactly_the_subset(dataset):
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory, dataset):
     """The synthetic train images as an image folder (class folders), ingested with an index file."""
-    from mim_jax.data import ingest
-
     root = tmp_path_factory.mktemp("folder")
     source = records.open_split(dataset, "train")
     names = synthetic.CLASSES
@@ -210,7 +200,7 @@ def ingested(tmp_path_factory, dataset):
 
 
 def test_subset_batches_do_not_depend_on_processes_or_workers(ingested):
-    spec = _subset(kind="balanced", fraction=0.5, seed=1)
+    spec = subsets.SubsetSpec(kind="balanced", fraction=0.5, seed=1)
     assert "index" in records.split_info(ingested, "train")
     single = _train(ingested, 3, global_batch_size=12, subset=spec)
     parts = [_train(ingested, 3, global_batch_size=12, process_index=p, process_count=2, subset=spec)
