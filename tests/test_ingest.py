@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mim_jax.data import ingest, records, transforms
+from mim_jax.data import ingest, ingest_sources, records, transforms
 
 
 def _gradient(width, height, seed, mode="RGB"):
@@ -252,9 +252,9 @@ def test_exif_orientation_is_applied():
 
 
 def test_brace_globs_expand_like_webdataset():
-    assert ingest._expand_braces("/d/{008..011}.tar") == [f"/d/{i:03d}.tar" for i in range(8, 12)]
-    assert ingest.is_unsafe_member_name("a/../../b.jpg") and ingest.is_unsafe_member_name("/x.jpg")
-    assert ingest.is_unsafe_member_name("C:/x.jpg") and not ingest.is_unsafe_member_name("a/b..c.jpg")
+    assert ingest_sources._expand_braces("/d/{008..011}.tar") == [f"/d/{i:03d}.tar" for i in range(8, 12)]
+    assert ingest_sources.is_unsafe_member_name("a/../../b.jpg") and ingest_sources.is_unsafe_member_name("/x.jpg")
+    assert ingest_sources.is_unsafe_member_name("C:/x.jpg") and not ingest_sources.is_unsafe_member_name("a/b..c.jpg")
 
 
 def test_parquet_ingest(tmp_path):
