@@ -21,6 +21,8 @@ setup(
         "pillow>=11,<14",
         "numpy>=2.0,<3",
         "msgpack>=1.0,<2",
+        "pyarrow>=14,<27",
+        "tqdm>=4.60,<5",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
@@ -32,6 +34,7 @@ setup(
             "mim-pretrain=mim_jax.pretrain:run",
             "mim-eval=mim_jax.evaluate.__main__:run",
             "mim-plan=mim_jax.plan:run",
+            "mim-ingest=mim_jax.data.ingest:main",
         ],
     },
 )

@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "arrayrecord"     # arrayrecord (a directory written by mim_jax.data) | synthetic
-    c.data.path = ""                  # dataset directory for source=arrayrecord
+    c.data.path = ""                  # source=arrayrecord: a mim_jax dataset dir or a TFDS array_record dir
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.global_batch_size = 4096
@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crop_ratio = (3 / 4, 4 / 3)
     c.data.num_workers = 0            # grain worker processes per host (0 = in the main process)
     c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20_000, num_val=2_500, image_size=72, seed=0))
+    c.data.subset = subset_config()
 
     c.optim = ml_collections.ConfigDict()
     c.optim.base_lr = 1.5e-4          # lr = base_lr * global_batch_size / 256
@@ -85,6 +86,17 @@ def probe_config() -> ml_collections.ConfigDict:
     p.max_train_examples = 0          # 0 = the whole train split
     p.feature_batch_size = 256
     return p
+
+
+def subset_config() -> ml_collections.ConfigDict:
+    """Training subset by hashing record keys (mim_jax.data.subsets); the default trains on all data."""
+    s = ml_collections.ConfigDict()
+    s.kind = "all"                    # all | random (count or fraction) | balanced (fraction per class) | classes
+    s.count = 0                       # random: number of images (nested across counts for one seed)
+    s.fraction = 0.0                  # random: share of the split; balanced: share of every class
+    s.num_classes = 0                 # classes: how many classes (nested across counts for one seed)
+    s.seed = 0                        # subset seed (independent of the training seed)
+    return s
 
 
 def _require(ok: bool, field: str, value, fix: str) -> None:
@@ -130,6 +142,29 @@ def validate_data(data: ml_collections.ConfigDict, check_path: bool = True) -> N
     lo, hi = data.crop_ratio
     _require(0 < lo <= hi, "data.crop_ratio", tuple(data.crop_ratio), "needs 0 < min <= max")
     _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
+    validate_subset(data.subset)
+
+
+def validate_subset(subset: ml_collections.ConfigDict, prefix: str = "data.subset") -> None:
+    """Check the subset fields: the kind, and that exactly the size field the kind needs is set."""
+    kinds = ("all", "random", "balanced", "classes")
+    _require(subset.kind in kinds, f"{prefix}.kind", subset.kind, f"use one of {kinds}")
+    _require(isinstance(subset.count, int) and subset.count >= 0, f"{prefix}.count", subset.count,
+             "must be an integer >= 0")
+    _require(0.0 <= subset.fraction <= 1.0, f"{prefix}.fraction", subset.fraction, "must lie in [0, 1]")
+    _require(isinstance(subset.num_classes, int) and subset.num_classes >= 0, f"{prefix}.num_classes",
+             subset.num_classes, "must be an integer >= 0")
+    _require(isinstance(subset.seed, int), f"{prefix}.seed", subset.seed, "must be an integer")
+    if subset.kind == "random":
+        _require((subset.count > 0) != (subset.fraction > 0), f"{prefix}.count", subset.count,
+                 f"kind=random needs exactly one of {prefix}.count > 0 or {prefix}.fraction > 0 "
+                 f"(fraction={subset.fraction})")
+    if subset.kind == "balanced":
+        _require(subset.fraction > 0, f"{prefix}.fraction", subset.fraction,
+                 "kind=balanced needs the share of every class, e.g. 0.1")
+    if subset.kind == "classes":
+        _require(subset.num_classes > 0, f"{prefix}.num_classes", subset.num_classes,
+                 "kind=classes needs the number of classes, e.g. 100")
 
 
 def validate_probe(probe: ml_collections.ConfigDict, prefix: str) -> None:

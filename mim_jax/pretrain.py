@@ -11,7 +11,7 @@ import numpy as np
 from mim_jax import checkpoints, configuration, distributed, flops, optim
 from mim_jax import workdir as run_dirs
 from mim_jax.cli_flags import run_cli
-from mim_jax.data import pipeline
+from mim_jax.data import pipeline, subsets
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.evaluate.probe_run import probe_encoder, write_eval
 from mim_jax.models.mae import MAE
@@ -77,7 +77,8 @@ def train(config, workdir: str) -> dict:
         dataset_dir, config.data.train_split, global_batch_size=batch_size, image_size=config.model.image_size,
         seed=config.seed, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count(), crop_scale=tuple(config.data.crop_scale),
-        crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers)
+        crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers,
+        subset=subsets.SubsetSpec.from_config(config.data.subset))
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=flops.train_flops_per_step(
         config.model, batch_size), peak_flops=total_peak_flops(mesh))
     meta = {"signature": checkpoints.model_signature(config)}

@@ -84,3 +84,29 @@ def test_workdir_checks(tmp_path):
     with pytest.raises(ConfigError, match="is a file"):
         configuration.check_workdir(str(f))
     assert configuration.check_workdir(str(tmp_path / "new")) == str(tmp_path / "new")
+
+
+@pytest.mark.parametrize("subset,message", [
+    (dict(kind="nested"), "data.subset.kind='nested': use one of"),
+    (dict(kind="random"), "data.subset.count=0: kind=random needs exactly one of"),
+    (dict(kind="random", count=10, fraction=0.5), "data.subset.count=10: kind=random needs exactly one of"),
+    (dict(kind="balanced"), "data.subset.fraction=0.0: kind=balanced needs the share"),
+    (dict(kind="balanced", fraction=1.5), "data.subset.fraction=1.5: must lie in [0, 1]"),
+    (dict(kind="classes"), "data.subset.num_classes=0: kind=classes needs the number"),
+    (dict(kind="random", count=-1), "data.subset.count=-1: must be an integer >= 0"),
+])
+def test_subset_validation_names_the_field(subset, message):
+    config = load_config_file("configs/demo.py")
+    config.data.subset.update(subset)
+    with pytest.raises(ConfigError) as err:
+        configuration.validate(config)
+    assert message in str(err.value)
+
+
+def test_subset_defaults_to_all_data_and_valid_kinds_pass():
+    config = load_config_file("configs/demo.py")
+    assert config.data.subset.kind == "all"
+    for subset in (dict(kind="random", count=500), dict(kind="random", fraction=0.1),
+                   dict(kind="balanced", fraction=0.1), dict(kind="classes", num_classes=100)):
+        config.data.subset.update(dict(kind="all", count=0, fraction=0.0, num_classes=0) | subset)
+        configuration.validate(config)

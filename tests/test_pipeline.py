@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mim_jax.data import pipeline, records, synthetic, transforms
+from mim_jax.data import ingest, pipeline, records, subsets, synthetic, transforms
 
 NUM_TRAIN, NUM_VAL, SIZE = 50, 23, 32
 
@@ -167,3 +167,47 @@ def test_metadata_helpers(dataset):
     assert pipeline.num_examples(dataset, "train") == NUM_TRAIN
     assert pipeline.num_examples(dataset, "val") == NUM_VAL
     assert pipeline.num_classes(dataset) == 10
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+def test_subset_epochs_visit_exactly_the_subset(dataset):
+    spec = subsets.SubsetSpec(kind="random", count=20, seed=5)
+    key_hashes, _ = records.scan_index(records.open_split(dataset, "train"))  # No index file: scanned.
+    expected = sorted(subsets.random_subset(key_hashes, 20, seed=5))
+    index = _record_index(dataset)
+    batches = _train(dataset, 4, image_size=SIZE, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), subset=spec)
+    seen = [index[np.ascontiguousarray(image).tobytes()][0] for b in batches for image in b["image"]]
+    assert sorted(seen[:20]) == expected and sorted(seen[20:]) == expected  # 4 x 10 = 2 epochs of 20.
+    assert seen[:20] != seen[20:]
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, dataset):
+    """The synthetic train images as an image folder (class folders), ingested with an index file."""
+    root = tmp_path_factory.mktemp("folder")
+    source = records.open_split(dataset, "train")
+    names = synthetic.CLASSES
+    for i in range(len(source)):
+        record = records.decode_record(source[i])
+        folder = root / names[record["label"]]
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i:03d}.jpg").write_bytes(record["image"])
+    out = tmp_path_factory.mktemp("ingested") / "ds"
+    ingest.ingest(f"imagefolder:{root}", str(out), examples_per_shard=16, num_workers=1, progress=False)
+    return str(out)
+
+
+def test_subset_batches_do_not_depend_on_processes_or_workers(ingested):
+    spec = subsets.SubsetSpec(kind="balanced", fraction=0.5, seed=1)
+    assert "index" in records.split_info(ingested, "train")
+    single = _train(ingested, 3, global_batch_size=12, subset=spec)
+    parts = [_train(ingested, 3, global_batch_size=12, process_index=p, process_count=2, subset=spec)
+             for p in range(2)]
+    merged = [{k: np.concatenate([part[s][k] for part in parts]) for k in single[0]} for s in range(3)]
+    _assert_same(merged, single)
+    _assert_same(_train(ingested, 3, global_batch_size=12, subset=spec, num_workers=2), single)
+    # Balanced halves of the 10 classes of 5: 3 images each (round(2.5) = 3), so labels 0-9 in 30 records.
+    labels = np.concatenate([b["label"] for b in _train(ingested, 5, global_batch_size=6, subset=spec)])
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), [3] * 10)

@@ -131,3 +131,24 @@ def test_missing_shard_is_reported(tmp_path):
     os.remove(tmp_path / splits["train"]["shards"][1])
     with pytest.raises(records.DatasetError, match="incomplete: missing shard"):
         records.open_split(tmp_path, "train")
+
+
+def test_index_round_trip_and_scan_fallback(tmp_path):
+    import numpy as np
+
+    _write_toy(tmp_path)
+    source = records.open_split(tmp_path, "train")
+    # No index in the split entry: read_index scans the records (order = record order).
+    key_hashes, labels = records.read_index(tmp_path, "train")
+    decoded = [records.decode_record(source[i]) for i in range(len(source))]
+    assert list(key_hashes) == [records.key_hash(r["key"]) for r in decoded]
+    assert list(labels) == [r["label"] for r in decoded] and key_hashes.dtype == np.uint64
+    # With an index file named in metadata.json it is read from there.
+    metadata = records.read_metadata(tmp_path)
+    metadata["splits"]["train"]["index"] = records.write_index(tmp_path, "train", key_hashes[::-1], labels[::-1])
+    records.write_metadata(tmp_path, metadata["classes"], metadata["splits"], metadata["provenance"])
+    got_hashes, got_labels = records.read_index(tmp_path, "train")
+    assert list(got_hashes) == list(key_hashes[::-1]) and list(got_labels) == list(labels[::-1])
+    records.write_index(tmp_path, "train", key_hashes[:3], labels[:3])
+    with pytest.raises(records.DatasetError, match=r"train-index.npz' indexes 3 records but split 'train' has 10"):
+        records.read_index(tmp_path, "train")

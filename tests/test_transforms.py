@@ -136,3 +136,36 @@ def test_decode_image_palette():
     palette_image.save(buffer, format="PNG")
     image = transforms.decode_image(buffer.getvalue())
     assert image.mode == "RGB" and image.getpixel((1, 1)) == (200, 10, 50)
+
+
+def _smooth_jpeg(width, height):
+    ys, xs = np.mgrid[0:height, 0:width]
+    pixels = np.stack([128 + 100 * np.sin(xs / 37.0), 128 + 100 * np.cos(ys / 23.0), (xs + ys) % 256 * 0 + 90], -1)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_draft_for_crop_decodes_jpeg_at_reduced_scale_without_upsampling():
+    data = _smooth_jpeg(640, 480)
+    box = (100, 40, 400, 360)  # 400 x 360 px crop -> 64 px output: factor 5, so a 1/4-scale decode.
+    image, scaled = transforms.draft_for_crop(transforms.open_image(data), box, 64)
+    assert image.size == (160, 120)
+    assert scaled == (25.0, 10.0, 125.0, 100.0)  # The same region in quarter-scale coordinates (>= 64 px).
+    fast = np.asarray(transforms.resized_crop(transforms.to_rgb(image), scaled, 64), np.float64)
+    full = np.asarray(transforms.decode_image(data).resize((64, 64), Image.BICUBIC, box=(100, 40, 500, 400)),
+                      np.float64)
+    assert np.abs(fast - full).mean() < 2.0  # Same picture, up to DCT-scaling and resampling differences.
+    # Crops that would need upsampling after a reduction, and PNGs, decode at full size.
+    small, same_box = transforms.draft_for_crop(transforms.open_image(data), (0, 0, 120, 100), 64)
+    assert small.size == (640, 480) and same_box == (0, 0, 120, 100)
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 480)).save(buffer, format="PNG")
+    png, png_box = transforms.draft_for_crop(transforms.open_image(buffer.getvalue()), box, 64)
+    assert png.size == (640, 480) and png_box == (100, 40, 500, 400)
+
+
+def test_draft_for_resize_keeps_the_short_side_large_enough():
+    image = transforms.draft_for_resize(transforms.open_image(_smooth_jpeg(640, 480)), 100)
+    assert image.size == (160, 120) and min(image.size) >= 100  # 480 // 100 = 4 -> quarter scale.
+    assert transforms.draft_for_resize(transforms.open_image(_smooth_jpeg(640, 480)), 300).size == (640, 480)

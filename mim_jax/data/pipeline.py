@@ -7,21 +7,34 @@ randomness is keyed by i as well (`random_map` sits on the global-index dataset)
 augmentation depend only on (seed, s). Process p of P loads positions [p*B/P, (p+1)*B/P) of every
 global batch: the global sequence is cut into chunks of B/P and process p takes chunks
 s*P + p, which is also what makes resuming at `start_step` free.
+
+A training subset (`mim_jax.data.subsets`, config `data.subset`) is a fixed list of record indices
+chosen by key hash before the shuffle, so the same rules hold on the subset. Sources are mim_jax
+dataset directories or TFDS array_record directories (`mim_jax.data.sources`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
-from mim_jax.data import records, transforms
+from mim_jax.data import records, sources, subsets, transforms
 
 Batch = dict[str, np.ndarray]
+Element = bytes | dict[str, Any]  # msgpack record bytes (mim_jax datasets) or an example dict (TFDS).
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+
+
+def as_record(element: Element) -> dict[str, Any]:
+    """{'image': bytes, 'label': int, ...} from a source element of either kind."""
+    if isinstance(element, (bytes, bytearray)):
+        return records.decode_record(element)
+    return {"image": element["image"], "label": int(element.get("label", 0))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +45,13 @@ class TrainTransform(grain.transforms.RandomMap):
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
-    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Decodes and augments one record with `rng`."""
-        record = records.decode_record(element)
-        image = transforms.decode_image(record["image"])
-        image = transforms.random_resized_crop(
-            image, self.image_size, self.crop_scale, self.crop_ratio, rng=rng)
+    def random_map(self, element: Element, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Decodes and augments one record with `rng` (a JPEG decodes at reduced scale when the crop allows)."""
+        record = as_record(element)
+        image = transforms.open_image(record["image"])
+        box = transforms.sample_crop_box(image.width, image.height, self.crop_scale, self.crop_ratio, rng)
+        image, box = transforms.draft_for_crop(image, box, self.image_size)
+        image = transforms.resized_crop(transforms.to_rgb(image), box, self.image_size)
         image = transforms.random_flip(image, rng)
         return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"])}
 
@@ -49,11 +63,12 @@ class EvalTransform(grain.transforms.Map):
     image_size: int
     crop_pct: float = 0.875
 
-    def map(self, element: bytes) -> dict[str, np.ndarray]:
-        """Decodes and centre-crops one record."""
-        record = records.decode_record(element)
-        image = transforms.center_crop_eval(
-            transforms.decode_image(record["image"]), self.image_size, self.crop_pct)
+    def map(self, element: Element) -> dict[str, np.ndarray]:
+        """Decodes (at reduced scale when the resize allows) and centre-crops one record."""
+        record = as_record(element)
+        image = transforms.draft_for_resize(transforms.open_image(record["image"]),
+                                            int(self.image_size / self.crop_pct))
+        image = transforms.center_crop_eval(transforms.to_rgb(image), self.image_size, self.crop_pct)
         return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"]),
                 "mask": np.bool_(True)}
 
@@ -72,13 +87,23 @@ class PaddingExample(grain.transforms.Map):
 
 
 def num_examples(dataset_dir: str, split: str) -> int:
-    """Number of examples in `split`, from metadata.json."""
-    return records.split_info(dataset_dir, split)["num_examples"]
+    """Number of examples in `split`, from metadata.json (or the TFDS dataset info)."""
+    return sources.num_examples(dataset_dir, split)
 
 
 def num_classes(dataset_dir: str) -> int:
-    """Number of classes of the dataset, from metadata.json."""
-    return len(records.read_metadata(dataset_dir)["classes"])
+    """Number of classes of the dataset, from metadata.json (or the TFDS dataset info)."""
+    return len(sources.class_names(dataset_dir))
+
+
+def training_source(dataset_dir: str, split: str, subset: subsets.SubsetSpec | None = None) -> Sequence:
+    """The random-access source of `split`, restricted to `subset` (nested, by key hash) when given."""
+    source = sources.open_split(dataset_dir, split)
+    if subset is None or subset.kind == "all":
+        return source
+    key_hashes, labels = sources.split_index(dataset_dir, split)
+    indices = subsets.select(subset, key_hashes, labels, sources.class_names(dataset_dir))
+    return sources.IndexedSource(source, indices)
 
 
 def derive_seed(seed: int, stream: int) -> int:
@@ -99,9 +124,10 @@ def per_process_batch_size(batch_size: int, process_count: int, process_index: i
 
 def train_examples(dataset_dir: str, split: str, *, image_size: int, seed: int,
                    crop_scale: tuple[float, float] = (0.2, 1.0),
-                   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> grain.MapDataset:
+                   crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                   subset: subsets.SubsetSpec | None = None) -> grain.MapDataset:
     """The infinite augmented example sequence: element i is global example index i."""
-    source = records.open_split(dataset_dir, split)
+    source = training_source(dataset_dir, split, subset)
     return (
         grain.MapDataset.source(source)
         .shuffle(seed=derive_seed(seed, _SHUFFLE_STREAM))
@@ -125,6 +151,7 @@ def train_batches(
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     num_workers: int = 0,
     prefetch_buffer_size: int = 2,
+    subset: subsets.SubsetSpec | None = None,
 ) -> Iterator[Batch]:
     """Yields this process's slice {'image': uint8 [B/P,H,W,3], 'label': int32 [B/P]} of every step."""
     local = per_process_batch_size(global_batch_size, process_count, process_index,
@@ -132,7 +159,7 @@ def train_batches(
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
     examples = train_examples(dataset_dir, split, image_size=image_size, seed=seed,
-                              crop_scale=crop_scale, crop_ratio=crop_ratio)
+                              crop_scale=crop_scale, crop_ratio=crop_ratio, subset=subset)
     chunks = examples.batch(local, drop_remainder=True)  # chunk c = step c // P, process c % P.
     mine = chunks[start_step * process_count + process_index::process_count]
     return _iterate(mine, num_workers, prefetch_buffer_size)
@@ -156,7 +183,7 @@ def eval_batches(
     `batch_size` is global; every process yields ceil(n / batch_size) batches of batch_size / P.
     """
     local = per_process_batch_size(batch_size, process_count, process_index, "batch_size")
-    source = records.open_split(dataset_dir, split)
+    source = sources.open_split(dataset_dir, split)
     n = len(source) if max_examples is None else min(len(source), max_examples)
     if n <= 0:
         raise ValueError(f"eval_batches: nothing to evaluate in split {split!r} "

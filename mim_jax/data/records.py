@@ -13,6 +13,12 @@ Each record is ``msgpack.packb({'image': <JPEG/PNG bytes>, 'label': int, 'key': 
      "splits": {"train": {"num_examples": N, "shards": [file names]}, ...},
      "provenance": {...}}
 
+A split entry may also name an index file ``"index": "{split}-index.npz"`` (written by
+`mim_jax.data.ingest`) holding, in record order, ``key_hashes`` (uint64, `key_hash` of each key)
+and ``labels`` (int32), so that subsets can be drawn without reading images; ingest also adds
+``skipped`` / ``converted`` counts by reason. Datasets without an index (synthetic, older ones)
+stay readable: `read_index` then scans the records once.
+
 Examples are dealt to shards round-robin, so a split read through `open_split` lists shard 0's
 records first, then shard 1's, and so on.
 """
@@ -20,6 +26,7 @@ records first, then shard 1's, and so on.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -27,10 +34,12 @@ from typing import Any
 
 import grain
 import msgpack
+import numpy as np
 from array_record.python import array_record_module
 
 FORMAT = "mim_jax.records/v1"
 METADATA_FILE = "metadata.json"
+INDEX_FIELDS = ("key_hashes", "labels")
 _TMP_SUFFIX = ".tmp"
 _HOW_TO_CREATE = (
     "Create it with `python -m mim_jax.data.synthetic --out=DIR` (synthetic shapes) or "
@@ -181,6 +190,8 @@ def _validate_metadata(metadata: Any, path: str) -> None:
         shards = entry.get("shards")
         if not isinstance(shards, list) or not shards or not all(isinstance(s, str) for s in shards):
             fail(f"field 'splits.{name}.shards' must be a non-empty list of file names")
+        if "index" in entry and not isinstance(entry["index"], str):
+            fail(f"field 'splits.{name}.index' must be a file name")
     if not isinstance(metadata.get("provenance"), dict):
         fail("field 'provenance' must be an object")
 
@@ -215,3 +226,54 @@ def open_split(dataset_dir: str | os.PathLike, split: str) -> grain.sources.Arra
             f"num_examples={info['num_examples']}. Regenerate the dataset. {_HOW_TO_CREATE}"
         )
     return source
+
+
+def key_hash(key: str) -> int:
+    """A stable 64-bit hash of a record key (BLAKE2b), the identity subsets are drawn from."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def index_name(split: str) -> str:
+    """The file name of the index (key hashes and labels) of `split`."""
+    return f"{split}-index.npz"
+
+
+def write_index(out_dir: str | os.PathLike, split: str, key_hashes: np.ndarray, labels: np.ndarray) -> str:
+    """Writes the index of `split` atomically; returns its file name (for the split entry)."""
+    if len(key_hashes) != len(labels):
+        raise ValueError(f"write_index: {len(key_hashes)} key hashes but {len(labels)} labels.")
+    name = index_name(split)
+    path = os.path.join(out_dir, name)
+    with open(path + _TMP_SUFFIX, "wb") as f:
+        np.savez(f, key_hashes=np.asarray(key_hashes, np.uint64), labels=np.asarray(labels, np.int32))
+    os.replace(path + _TMP_SUFFIX, path)
+    return name
+
+
+def read_index(dataset_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(key_hashes uint64, labels int32) of `split` in record order: from its index file, else by a scan."""
+    dataset_dir = os.fspath(dataset_dir)
+    info = split_info(dataset_dir, split)
+    if "index" not in info:
+        return scan_index(open_split(dataset_dir, split))
+    path = os.path.join(dataset_dir, info["index"])
+    try:
+        with np.load(path) as index:
+            key_hashes, labels = index["key_hashes"], index["labels"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"Cannot read the index {path!r} of split {split!r} ({e}). Re-run the ingest "
+                           f"command that wrote {dataset_dir!r} to rewrite it.") from e
+    if len(key_hashes) != info["num_examples"] or len(labels) != info["num_examples"]:
+        raise DatasetError(f"{path!r} indexes {len(key_hashes)} records but split {split!r} has "
+                           f"{info['num_examples']}. Re-run the ingest command that wrote {dataset_dir!r}.")
+    return key_hashes.astype(np.uint64), labels.astype(np.int32)
+
+
+def scan_index(source: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(key_hashes, labels) by decoding every record of `source` (one pass; for datasets without an index)."""
+    key_hashes = np.empty(len(source), np.uint64)
+    labels = np.empty(len(source), np.int32)
+    for i in range(len(source)):
+        record = decode_record(source[i])
+        key_hashes[i], labels[i] = key_hash(record["key"]), record["label"]
+    return key_hashes, labels

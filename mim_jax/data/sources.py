@@ -1,9 +1,25 @@
-"""Where a config's dataset lives on disk: the embedded synthetic set (generated on first use) or a directory."""
+"""Where a config's dataset lives and how its splits are read: one interface over two on-disk formats.
+
+A dataset is a directory, either
+- a mim_jax dataset (``metadata.json`` + ArrayRecord shards; written by `mim_jax.data.ingest` or
+  `mim_jax.data.synthetic`), whose elements are msgpack record bytes, or
+- a TFDS dataset prepared in the array_record file format (the version directory holding
+  ``dataset_info.json``), read without TensorFlow; its elements are {'image': bytes, 'label': int}.
+
+Both are random-access sources grain reads directly; the pipeline's transforms accept both element kinds.
+"""
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from mim_jax.data import records, synthetic
+
+TFDS_INFO_FILE = "dataset_info.json"
 
 
 def resolve_dataset_dir(data_cfg) -> str:
@@ -17,5 +33,102 @@ def resolve_dataset_dir(data_cfg) -> str:
         raise records.DatasetError(f"data.path={data_cfg.path!r} does not exist or is not a directory; point it at "
                                    f"a dataset written by mim_jax.data (e.g. python -m mim_jax.data.synthetic "
                                    f"--out=DIR) or use --config.data.source=synthetic")
-    records.read_metadata(path)
+    if not is_tfds_dir(path):
+        records.read_metadata(path)
     return path
+
+
+def is_tfds_dir(path: str) -> bool:
+    """Whether `path` is a prepared TFDS dataset (has dataset_info.json and no mim_jax metadata.json)."""
+    return (os.path.isfile(os.path.join(path, TFDS_INFO_FILE))
+            and not os.path.isfile(os.path.join(path, records.METADATA_FILE)))
+
+
+@functools.lru_cache(maxsize=8)
+def _tfds_builder(path: str):
+    """The TFDS builder of a prepared dataset directory (imported lazily: tfds is slow to import)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder_from_directory(path)
+    except Exception as e:  # tfds raises assorted types for a broken directory
+        raise records.DatasetError(f"Cannot open the TFDS dataset {path!r} ({type(e).__name__}: {e}); "
+                                   f"point data.path at a TFDS version directory with {TFDS_INFO_FILE}.") from e
+
+
+def open_tfds_split(path: str, split: str) -> Sequence[dict[str, Any]]:
+    """A random-access source of {'image': encoded bytes, 'label': int} for `split` of a TFDS directory."""
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(path)
+    if split not in builder.info.splits:
+        raise records.DatasetError(f"Split {split!r} is not in the TFDS dataset {path!r}; available splits: "
+                                   f"{sorted(builder.info.splits)}.")
+    if "image" not in builder.info.features:
+        raise records.DatasetError(f"The TFDS dataset {path!r} has no 'image' feature (features: "
+                                   f"{sorted(builder.info.features)}); only image datasets can be read.")
+    try:
+        return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    except Exception as e:
+        raise records.DatasetError(f"Cannot read split {split!r} of the TFDS dataset {path!r} ({e}); it must be "
+                                   f"prepared with file_format='array_record'.") from e
+
+
+def tfds_class_names(path: str) -> list[str]:
+    """Class names of a TFDS dataset's 'label' feature (['unlabeled'] without one)."""
+    features = _tfds_builder(path).info.features
+    label = features["label"] if "label" in features else None
+    return list(label.names) if label is not None and hasattr(label, "names") else ["unlabeled"]
+
+
+def open_split(dataset_dir: str, split: str) -> Sequence:
+    """A random-access source of `split`: record bytes (mim_jax dataset) or example dicts (TFDS)."""
+    if is_tfds_dir(dataset_dir):
+        return open_tfds_split(dataset_dir, split)
+    return records.open_split(dataset_dir, split)
+
+
+def class_names(dataset_dir: str) -> list[str]:
+    """The dataset's class names (label i is class_names[i])."""
+    if is_tfds_dir(dataset_dir):
+        return tfds_class_names(dataset_dir)
+    return records.read_metadata(dataset_dir)["classes"]
+
+
+def num_examples(dataset_dir: str, split: str) -> int:
+    """Number of examples in `split`."""
+    if is_tfds_dir(dataset_dir):
+        return len(open_tfds_split(dataset_dir, split))
+    return records.split_info(dataset_dir, split)["num_examples"]
+
+
+def tfds_key(split: str, index: int) -> str:
+    """The record key of example `index` of a TFDS split (its position is its identity)."""
+    return f"{split}/{index}"
+
+
+def split_index(dataset_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(key_hashes uint64, labels int32) of `split` in source order, for drawing subsets."""
+    if not is_tfds_dir(dataset_dir):
+        return records.read_index(dataset_dir, split)
+    source = open_tfds_split(dataset_dir, split)
+    key_hashes = np.array([records.key_hash(tfds_key(split, i)) for i in range(len(source))], np.uint64)
+    labels = np.array([int(source[i].get("label", 0)) for i in range(len(source))], np.int32)
+    return key_hashes, labels
+
+
+class IndexedSource:
+    """The elements `indices` of a random-access source, as a random-access source (a subset view)."""
+
+    def __init__(self, source: Sequence, indices: np.ndarray):
+        self._source = source
+        self._indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: int):
+        return self._source[int(self._indices[i])]
+
+    def __repr__(self) -> str:
+        return f"IndexedSource({len(self)} of {len(self._source)})"

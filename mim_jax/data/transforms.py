@@ -23,10 +23,48 @@ CropBox = tuple[int, int, int, int]  # (left, top, width, height) in pixels.
 
 def decode_image(image_bytes: bytes) -> Image.Image:
     """Decodes JPEG/PNG/... bytes into an RGB PIL image (grayscale, CMYK, palette, alpha converted)."""
-    image = Image.open(io.BytesIO(image_bytes))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    return to_rgb(open_image(image_bytes))
+
+
+def open_image(image_bytes: bytes) -> Image.Image:
+    """Opens encoded image bytes lazily: size and mode are known, pixels are decoded on first use."""
+    return Image.open(io.BytesIO(image_bytes))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in RGB mode (decodes it; grayscale, CMYK, palette, alpha converted)."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def draft_for_crop(image: Image.Image, box: CropBox, size: int) -> tuple[Image.Image, tuple[float, ...]]:
+    """Lets a JPEG decode at 1/2, 1/4 or 1/8 scale when `box` still covers >= `size` px after it.
+
+    Call before the image is decoded. Returns the image and the crop box as (left, top, right,
+    bottom) in the coordinates of the (possibly reduced) image. The crop is then only ever
+    downsampled, never upsampled; non-JPEG images are returned unchanged.
+    """
+    left, top, w, h = box
+    factor = min(w, h) // size
+    scale = 1.0
+    if factor >= 2 and image.format == "JPEG":
+        full_width = image.width
+        drafted = image.draft(None, (max(1, image.width // factor), max(1, image.height // factor)))
+        if drafted is not None:  # (mode, (0, 0, width / s, height / s)) for a 1/s-scale decode
+            scale = drafted[1][2] / full_width
+    return image, (left * scale, top * scale, (left + w) * scale, (top + h) * scale)
+
+
+def draft_for_resize(image: Image.Image, min_short_side: int) -> Image.Image:
+    """Lets a JPEG decode at reduced scale while its shorter side stays >= `min_short_side` px."""
+    factor = min(image.size) // max(1, min_short_side)
+    if factor >= 2 and image.format == "JPEG":
+        image.draft(None, (max(1, image.width // factor), max(1, image.height // factor)))
     return image
+
+
+def resized_crop(image: Image.Image, box: tuple[float, ...], size: int) -> Image.Image:
+    """Crops `box` (left, top, right, bottom) and resizes it to `size` x `size`, bicubic."""
+    return image.resize((size, size), Image.BICUBIC, box=box)
 
 
 def sample_crop_box(
