@@ -9,13 +9,21 @@ import jax
 METRICS_FILE = "metrics.jsonl"
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; infinity for a line cut short by a killed run (so it is dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 def truncate_metrics(path: str, last_step: int) -> None:
     """Keep only lines with step <= last_step (a resumed run recomputes the later steps exactly)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    kept = [line for line in lines if _step_of(line) <= last_step]
     if len(kept) != len(lines):
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

@@ -33,3 +33,27 @@ def tiny_pretrain_config(dataset_dir: str, total_steps: int = 6):
     c.log.every_steps = 1
     c.evals.linear_probe.update(dict(epochs=3, warmup_epochs=1, batch_size=32, feature_batch_size=16))
     return c
+
+
+def write_config_file(path: str, config) -> str:
+    """A config file whose get_config() returns `config` (base_config plus the fields that differ), for CLI runs."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    base, wanted = flat(base_config().to_dict()), flat(config.to_dict())
+    overrides = {k: v for k, v in wanted.items() if base.get(k) != v}
+    with open(path, "w") as f:
+        f.write("from mim_jax.configuration import base_config\n\n"
+                f"OVERRIDES = {overrides!r}\n\n\n"
+                "def get_config():\n"
+                "    c = base_config()\n"
+                "    for key, value in OVERRIDES.items():\n"
+                "        *parents, leaf = key.split('.')\n"
+                "        node = c\n"
+                "        for p in parents:\n"
+                "            node = node[p]\n"
+                "        node[leaf] = value\n"
+                "    return c\n")
+    return path
