@@ -57,3 +57,33 @@ def write_config_file(path: str, config) -> str:
                 "        node[leaf] = value\n"
                 "    return c\n")
     return path
+
+
+def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -> dict:
+    """A pretraining workdir with config.json and one checkpoint at `step` of a fresh state (seed `seed`) on the
+    data-parallel mesh; `poison` names a params leaf ('decoder/pred/bias') filled with NaN. Returns its params."""
+    import json
+
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from mim_jax import checkpoints, optim
+    from mim_jax.models.mae import mae_from_config
+    from mim_jax.sharding import logical_rules, make_mesh
+    from mim_jax.train_step import create_train_state
+
+    mesh, rules = make_mesh(config.mesh), logical_rules(config.mesh)
+    tx = optim.make_optimizer(config.optim, config.data.global_batch_size, config.total_steps)
+    state, _ = create_train_state(mae_from_config(config.model), tx, mesh, rules, seed)
+    if poison:
+        flat = traverse_util.flatten_dict(state.params, sep="/")
+        flat[poison] = flat[poison] * jnp.nan
+        state = state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort())
+    manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=2, async_save=False)
+    checkpoints.save(manager, step, state, {"signature": checkpoints.model_signature(config), "step": step})
+    manager.wait_until_finished()
+    return jax.device_get(state.params)
