@@ -98,12 +98,13 @@ def set_aside_damaged(manager: ocp.CheckpointManager, step: int) -> str:
     return target
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   signature: Optional[dict] = None) -> Optional[tuple[int, Any, dict]]:
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, signature: Optional[dict] = None,
+                   set_aside: bool = True) -> Optional[tuple[int, Any, dict]]:
     """(step, state, meta) of the latest readable checkpoint, resharded onto `abstract_state`; None if none.
 
-    Steps that fail to read are set aside with a warning naming them once an older step restores; when no
-    step can be read nothing is moved and a ConfigError names the first failure.
+    Steps that fail to read are reported with a warning naming them once an older step restores, and set
+    aside when `set_aside` (the run owns the directory); when no step can be read nothing is moved and a
+    ConfigError names the first failure.
     """
     damaged: list[tuple[int, Exception]] = []
     for step in sorted(manager.all_steps(), reverse=True):
@@ -115,7 +116,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
             damaged.append((step, err))
             continue
         for bad_step, err in damaged:
-            report_damaged(manager, bad_step, err, set_aside_damaged(manager, bad_step))
+            report_damaged(manager, bad_step, err, set_aside_damaged(manager, bad_step) if set_aside else None)
         logging.info("restored checkpoint step %d from %s", step, manager.directory)
         return step, state, meta
     if damaged:
@@ -130,11 +131,12 @@ def _first_line(err: Exception) -> str:
     return (str(err).splitlines() or [""])[0][:300]
 
 
-def report_damaged(manager: ocp.CheckpointManager, step: int, err: Exception, target: str) -> None:
-    """One warning line (process 0) naming the unreadable step, why, and where it was moved."""
+def report_damaged(manager: ocp.CheckpointManager, step: int, err: Exception, target: Optional[str]) -> None:
+    """One warning line (process 0) naming the unreadable step, why, and where it was moved (if it was)."""
     if jax.process_index() == 0:
+        moved = f"moved it to {target}" if target else "left it in place"
         print(f"Warning: checkpoint {manager.directory}/{step} is damaged ({type(err).__name__}: {_first_line(err)});"
-              f" moved it to {target}; falling back to the previous complete step", file=sys.stderr, flush=True)
+              f" {moved}; falling back to the previous complete step", file=sys.stderr, flush=True)
 
 
 def locate_checkpoint(init_from: str) -> tuple[str, Optional[int]]:

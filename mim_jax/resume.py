@@ -25,11 +25,14 @@ def say(message: str) -> None:
 
 
 def restore_from_path(path: str, program: Program, signature: dict) -> tuple[int, Any]:
-    """(step, full state) from another run's dir (latest step) or DIR/checkpoints/<step>, on this run's mesh."""
+    """(step, full state) from another run's dir (latest readable step) or DIR/checkpoints/<step>, on this run's mesh.
+
+    The other run's directory is only read: unreadable steps are skipped with a warning, never moved.
+    """
     run_dir, step = checkpoints.locate_checkpoint(path)
     manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False)
     if step is None:
-        restored = checkpoints.restore_latest(manager, program.abstract_state, signature)
+        restored = checkpoints.restore_latest(manager, program.abstract_state, signature, set_aside=False)
         if restored is None:
             raise ConfigError(f"ckpt.resume_from={path!r} has no checkpoint; point it at a run with checkpoints/")
         return restored[0], restored[1]
