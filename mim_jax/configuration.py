@@ -7,6 +7,7 @@ import ml_collections
 from mim_jax import workdir as run_dirs
 from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
+from mim_jax.nonfinite import NONFINITE_POLICIES
 from mim_jax.sharding import DEFAULT_RULES
 
 IMAGENET_TRAIN_SIZE = 1_281_167
@@ -57,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.b2 = 0.95
     c.optim.grad_clip_norm = 0.0      # 0 = no clipping (MAE)
     c.optim.grad_accum_steps = 1      # micro-batches per step, accumulated inside the jitted step
+    c.optim.nonfinite = "stop"        # non-finite loss: stop (naming the step) | skip (the update, counted)
+    c.optim.max_consecutive_skips = 10  # with nonfinite=skip: stop after this many skipped updates in a row
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)         # (data, fsdp, tensor); one -1 fills the remaining devices
@@ -64,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.max_replicated_fraction = 0.02  # with fsdp > 1: at most this share of parameter bytes unsharded
 
     c.ckpt = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
+    c.ckpt.resume_from = ""           # another run's dir or DIR/checkpoints/<step>: full state, if WORKDIR has none
+    c.init_from = ""                  # a run's dir or DIR/checkpoints/<step>: weights only, if nothing to resume
+    c.init_from_subtree = "encoder"   # which params init_from loads ("" = all, "encoder", "decoder", ...)
     c.log = ml_collections.ConfigDict(dict(every_steps=50))
 
     c.plan = ml_collections.ConfigDict(dict(topology=""))  # TPU slice the config targets, e.g. v5p:8x8x4
@@ -195,6 +201,17 @@ def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) ->
              config.mesh.max_replicated_fraction, "must lie in [0, 1], e.g. 0.02")
     _require(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps, "must be >= 0")
     validate_probe(config.evals.linear_probe, "evals.linear_probe")
+    validate_fault_tolerance(config)
+
+
+def validate_fault_tolerance(config: ml_collections.ConfigDict) -> None:
+    """Check the non-finite policy and the resume / init paths."""
+    _require(config.optim.nonfinite in NONFINITE_POLICIES, "optim.nonfinite", config.optim.nonfinite,
+             f"use one of {NONFINITE_POLICIES}")
+    _positive_int(config, "optim.max_consecutive_skips")
+    for field, value in (("ckpt.resume_from", config.ckpt.resume_from), ("init_from", config.init_from)):
+        _require(not value or run_dirs.is_dir(run_dirs.resolve(value)), field, value,
+                 "is not a directory; pass a pretraining workdir or WORKDIR/checkpoints/<step>, or leave it empty")
 
 
 def check_workdir(workdir: str) -> str:

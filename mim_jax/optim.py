@@ -6,6 +6,8 @@ from typing import Any
 import jax
 import optax
 
+from mim_jax.nonfinite import wrap_optimizer
+
 # Leaves never decayed: biases and LayerNorm scales (the 1-D params of a ViT; scanned layers add a
 # leading 'layers' axis, so the rule goes by name, not by ndim).
 NO_DECAY_NAMES = ("bias", "scale")
@@ -36,10 +38,13 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(optim_cfg, global_batch_size: int, total_steps: int) -> optax.GradientTransformation:
-    """AdamW(b1, b2, wd with mask) on the warmup+cosine schedule, optional global-norm clipping first."""
+    """AdamW(b1, b2, wd with mask) on the warmup+cosine schedule, optional global-norm clipping first.
+
+    With `optim.nonfinite='skip'` the whole chain skips updates whose gradients are not finite.
+    """
     schedule = learning_rate_schedule(optim_cfg, global_batch_size, total_steps)
     adamw = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
                         mask=weight_decay_mask)
-    if optim_cfg.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw)
-    return adamw
+    tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw) \
+        if optim_cfg.grad_clip_norm > 0 else adamw
+    return wrap_optimizer(tx, optim_cfg.get("nonfinite", "stop"))  # runs saved before the field existed: stop

@@ -1,23 +1,26 @@
 """Pretraining CLI and loop: python -m mim_jax.pretrain --config=configs/demo.py --workdir=DIR.
 
-Re-running the same command on the same workdir resumes from the latest complete checkpoint.
+Re-running the same command on the same workdir resumes from the latest complete checkpoint (see
+mim_jax/resume.py for the start rules). SIGTERM / SIGUSR1 save a checkpoint at the next step and exit 75
+(mim_jax/preemption.py); a non-finite loss follows optim.nonfinite (mim_jax/nonfinite.py).
 """
 from __future__ import annotations
 
+import sys
 
 import jax
-import numpy as np
 
-from mim_jax import checkpoints, configuration, distributed, flops, optim
+from mim_jax import checkpoints, configuration, distributed, flops, optim, preemption, resume
 from mim_jax import workdir as run_dirs
 from mim_jax.cli_flags import run_cli
 from mim_jax.data import pipeline, subsets
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.evaluate.probe_run import probe_encoder, write_eval
 from mim_jax.models.mae import MAE
+from mim_jax.nonfinite import NonFiniteError, NonFiniteWatch
 from mim_jax.run_log import RunLog
 from mim_jax.sharding import global_batch, make_mesh
-from mim_jax.train_step import Program, build_program, create_train_state
+from mim_jax.train_step import build_program, create_train_state
 
 
 # Fake CPU devices dead-lock when too many collective steps are queued (see DEPS.md): sync this often on CPU.
@@ -30,33 +33,15 @@ def write_config(workdir: str, config) -> None:
         run_dirs.write_text(run_dirs.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def restore_or_init(config, program: Program, manager):
-    """(start_step, state): the workdir's latest checkpoint if any, else a fresh sharded init."""
-    restored = checkpoints.restore_latest(manager, program.abstract_state, checkpoints.model_signature(config))
-    if restored is not None:
-        step, state, _ = restored
-        if jax.process_index() == 0:
-            print(f"Resuming from checkpoint step {step} in {manager.directory}", flush=True)
-        return step, state
-    state, _ = create_train_state(program.model, program.tx, program.mesh, program.rules, config.seed)
-    if jax.process_index() == 0:
-        print("Starting from scratch (no checkpoint in workdir)", flush=True)
-    return 0, state
-
-
 def total_peak_flops(mesh) -> float | None:
     """Summed bf16 peak FLOP/s of the mesh devices (None on CPU or an unknown chip: no MFU then)."""
     peaks = [flops.peak_flops_per_device(d) for d in mesh.devices.flat]
     return None if None in peaks else sum(peaks)
 
 
-def fetch_metrics(metrics: dict, step: int) -> dict:
-    """Device metrics -> python floats; a non-finite loss stops the run naming the step."""
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not np.isfinite(values["loss"]):
-        raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}; no checkpoint was written "
-                                 f"for it. Lower optim.base_lr or enable optim.grad_clip_norm and resume.")
-    return values
+def fetch_metrics(metrics: dict) -> dict:
+    """Device metrics -> python floats (the non-finite policy has checked them already)."""
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 def train(config, workdir: str) -> dict:
@@ -70,8 +55,9 @@ def train(config, workdir: str) -> dict:
     write_config(workdir, config)
     model, rules = program.model, program.rules
     batch_size, total = config.data.global_batch_size, config.total_steps
-    manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save)
-    start_step, state = restore_or_init(config, program, manager)
+    manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
+                                             cleanup_tmp=True)
+    start_step, state = resume.start_state(config, program, manager)
     train_step = program.step
     batches = pipeline.train_batches(
         dataset_dir, config.data.train_split, global_batch_size=batch_size, image_size=config.model.image_size,
@@ -83,17 +69,27 @@ def train(config, workdir: str) -> dict:
         config.model, batch_size), peak_flops=total_peak_flops(mesh))
     meta = {"signature": checkpoints.model_signature(config)}
     on_cpu = jax.devices()[0].platform == "cpu"
+    nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
     row = {}
-    for step in range(start_step + 1, total + 1):
-        state, metrics = train_step(state, global_batch(next(batches), mesh, rules))
-        if step % config.log.every_steps == 0 or step == total:
-            row = log.write(step, fetch_metrics(metrics, step))
-        elif on_cpu and step % CPU_SYNC_EVERY == 0:
-            jax.block_until_ready(metrics)
-        if step % config.ckpt.every_steps == 0 or step == total:
-            checkpoints.save(manager, step, state, {**meta, "step": step}, force=step == total)
-    manager.wait_until_finished()
-    log.close()
+    with preemption.watch():
+        try:
+            for step in range(start_step + 1, total + 1):
+                state, metrics = train_step(state, global_batch(next(batches), mesh, rules))
+                nonfinite.add(step, metrics)
+                if step % config.log.every_steps == 0 or step == total:
+                    nonfinite.check()
+                    row = log.write(step, fetch_metrics(metrics))
+                elif on_cpu and step % CPU_SYNC_EVERY == 0:
+                    nonfinite.check()  # fetches the pending metrics: a sync point
+                preempted = preemption.reached_preemption(step)  # every step, on every process
+                if step % config.ckpt.every_steps == 0 or step == total or preempted:
+                    nonfinite.check()  # never save a state that a non-finite step produced
+                    checkpoints.save(manager, step, state, {**meta, "step": step}, force=step == total or preempted)
+                if preempted:
+                    raise preemption.Preempted(step)
+        finally:
+            manager.wait_until_finished()
+            log.close()
     run_end_evals(config, model, state.params, dataset_dir, workdir, mesh, rules)
     return row
 
@@ -129,9 +125,22 @@ def run_end_evals(config, model: MAE, params, dataset_dir: str, workdir: str, me
               f"{results['linear_probe_random_init']['top1']:.2%} ({gain * 100:+.1f} points)", flush=True)
 
 
+def train_cli(config, workdir: str) -> int:
+    """train() for the CLI: exit 75 after a preemption checkpoint, 1 after a non-finite loss (one line each)."""
+    try:
+        train(config, workdir)
+    except preemption.Preempted as preempted:
+        resume.say(str(preempted))
+        return preemption.PREEMPTED_EXIT_CODE
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def run() -> None:
     """Console-script entry point (mim-pretrain)."""
-    run_cli(train, "configs/demo.py", "Run directory: config.json, metrics.jsonl, checkpoints/, evals/.")
+    run_cli(train_cli, "configs/demo.py", "Run directory: config.json, metrics.jsonl, checkpoints/, evals/.")
 
 
 if __name__ == "__main__":

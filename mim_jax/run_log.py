@@ -12,12 +12,20 @@ from mim_jax import workdir as run_dirs
 METRICS_FILE = "metrics.jsonl"
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; infinity for a line cut short by a killed run (so it is dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return float("inf")
+
+
 def truncate_metrics(path: str, last_step: int) -> None:
     """Keep only lines with step <= last_step (a resumed run recomputes the later steps exactly)."""
     if not run_dirs.exists(path):
         return
     lines = [line + "\n" for line in run_dirs.read_text(path).splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    kept = [line for line in lines if _step_of(line) <= last_step]
     if len(kept) != len(lines):
         run_dirs.write_text(path, "".join(kept))
 

@@ -13,6 +13,7 @@ import optax
 from flax.training import train_state
 
 from mim_jax import objectives, optim
+from mim_jax.nonfinite import skip_metrics
 from mim_jax.data.transforms import normalize
 from mim_jax.models.mae import MAE, mae_from_config
 from mim_jax.sharding import batch_sharding, check_batch_layout, check_divisible, check_replication, \
@@ -136,7 +137,8 @@ def make_train_step(model: MAE, schedule: optax.Schedule, seed: int, norm_pix_lo
         loss, grads = accumulated_value_and_grad(loss_fn, state.params, batch["image"], noise, micro_batches,
                                                  shardings.params)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-        return state.apply_gradients(grads=grads), metrics
+        state = state.apply_gradients(grads=grads)
+        return state, {**metrics, **skip_metrics(state.opt_state)}
 
     jitted = jax.jit(step, in_shardings=(shardings, batch_shardings(mesh, rules)),
                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)

@@ -33,3 +33,56 @@ def tiny_pretrain_config(dataset_dir: str, total_steps: int = 6):
     c.log.every_steps = 1
     c.evals.linear_probe.update(dict(epochs=3, warmup_epochs=1, batch_size=32, feature_batch_size=16))
     return c
+
+
+def write_config_file(path: str, config) -> str:
+    """A config file whose get_config() returns `config` (base_config plus the fields that differ), for CLI runs."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    base, wanted = flat(base_config().to_dict()), flat(config.to_dict())
+    overrides = {k: v for k, v in wanted.items() if base.get(k) != v}
+    with open(path, "w") as f:
+        f.write("from mim_jax.configuration import base_config\n\n"
+                f"OVERRIDES = {overrides!r}\n\n\n"
+                "def get_config():\n"
+                "    c = base_config()\n"
+                "    for key, value in OVERRIDES.items():\n"
+                "        *parents, leaf = key.split('.')\n"
+                "        node = c\n"
+                "        for p in parents:\n"
+                "            node = node[p]\n"
+                "        node[leaf] = value\n"
+                "    return c\n")
+    return path
+
+
+def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -> dict:
+    """A pretraining workdir with config.json and one checkpoint at `step` of a fresh state (seed `seed`) on the
+    data-parallel mesh; `poison` names a params leaf ('decoder/pred/bias') filled with NaN. Returns its params."""
+
+    import jax
+    import jax.numpy as jnp
+    from flax import traverse_util
+
+    from mim_jax import checkpoints, optim
+    from mim_jax.models.mae import mae_from_config
+    from mim_jax.sharding import logical_rules, make_mesh
+    from mim_jax.train_step import create_train_state
+
+    mesh, rules = make_mesh(config.mesh), logical_rules(config.mesh)
+    tx = optim.make_optimizer(config.optim, config.data.global_batch_size, config.total_steps)
+    state, _ = create_train_state(mae_from_config(config.model), tx, mesh, rules, seed)
+    if poison:
+        flat = traverse_util.flatten_dict(state.params, sep="/")
+        flat[poison] = flat[poison] * jnp.nan
+        state = state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort())
+    manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=2, async_save=False)
+    checkpoints.save(manager, step, state, {"signature": checkpoints.model_signature(config), "step": step})
+    manager.wait_until_finished()
+    return jax.device_get(state.params)

@@ -1,4 +1,6 @@
-"""Checkpoints: round trip, restore onto another mesh, model mismatch named, run-dir parsing."""
+"""Checkpoints: round trip, restore onto another mesh, model mismatch named, damaged steps, run-dir parsing."""
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -64,3 +66,35 @@ def test_locate_checkpoint(tmp_path):
     assert checkpoints.locate_checkpoint(str(tmp_path / "checkpoints" / "400")) == (str(tmp_path), 400)
     with pytest.raises(ConfigError, match="has no config.json"):
         checkpoints.load_run_config(str(tmp_path))
+
+
+def damage(step_dir):
+    """Truncate every array data file of a saved step (as a full disk or a killed copy would)."""
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        if os.path.basename(root) == "d":
+            for name in files:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(8)
+
+
+def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
+    config = tiny_pretrain_config("unused")
+    model, tx, mesh, rules = build(config, (8, 1, 1))
+    manager = checkpoints.checkpoint_manager(str(tmp_path), 3, False)
+    signature = checkpoints.model_signature(config)
+    states = {}
+    for step in (1, 2):
+        states[step], _ = create_train_state(model, tx, mesh, rules, seed=step)
+        checkpoints.save(manager, step, states[step], {"signature": signature})
+    damage(str(tmp_path / "checkpoints" / "2"))
+    abstract, _ = abstract_train_state(model, tx, mesh, rules)
+    step, restored, _ = checkpoints.restore_latest(manager, abstract, signature)
+    assert step == 1
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert f"Warning: checkpoint {tmp_path}/checkpoints/2 is damaged (" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "checkpoints_damaged") == ["2"] and manager.all_steps() == [1]  # kept, set aside
+    damage(str(tmp_path / "checkpoints" / "1"))  # nothing readable left: an error, and nothing is moved
+    with pytest.raises(ConfigError, match=r"no checkpoint in .*checkpoints can be read \(steps \[1\]; step 1: "):
+        checkpoints.restore_latest(manager, abstract, signature)
+    assert manager.all_steps() == [1]

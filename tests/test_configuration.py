@@ -53,6 +53,10 @@ def test_unknown_recipe_is_named():
     ("data.crop_scale", (0.5, 0.2), "data.crop_scale=(0.5, 0.2)"),
     ("ckpt.every_steps", 0, "ckpt.every_steps=0"),
     ("evals.linear_probe.pool", "max", "evals.linear_probe.pool='max'"),
+    ("optim.nonfinite", "ignore", "optim.nonfinite='ignore': use one of ('stop', 'skip')"),
+    ("optim.max_consecutive_skips", 0, "optim.max_consecutive_skips=0: must be a positive integer"),
+    ("init_from", "/nonexistent/run", "init_from='/nonexistent/run': is not a directory"),
+    ("ckpt.resume_from", "/nonexistent/run", "ckpt.resume_from='/nonexistent/run': is not a directory"),
 ])
 def test_validation_names_the_field(field, value, message):
     config = load_config_file("configs/demo.py")

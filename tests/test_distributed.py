@@ -1,8 +1,11 @@
-"""Multi-process runs: env rules of mim_jax.distributed, the local launcher, and 2 processes == 1 process."""
+"""Multi-process runs: env rules of mim_jax.distributed, the local launcher, 2 processes == 1 process, resume on
+another process / device count, and a preemption that reaches one process."""
 import functools
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -294,3 +297,62 @@ def test_two_processes_fsdp_mesh(one_process_run, tmp_path):
     run_with_retry(launch_cmd(cmd), env(4), attempts=3)
     assert os.path.isdir(os.path.join(mp_dir, "checkpoints", "3"))
     assert_losses_match(losses(mp_dir), ref.losses())
+
+
+def start_processes(launcher, args: list, num_processes: int, devices: int, env: dict, log_dir: str) -> list:
+    """(Popen, log path) of each process of a local multi-process run, started directly (to signal one by pid)."""
+    port, procs = launcher.free_port(), []
+    for i, (argv, _) in enumerate(launcher.commands(args, num_processes, devices, port)):
+        path = os.path.join(log_dir, f"p{i}.log")
+        extra = launcher.process_env(i, num_processes, devices, port, base=env)
+        with open(path, "w") as log:
+            procs.append((subprocess.Popen(argv, cwd=REPO, env={**env, **extra}, stdout=log,
+                                           stderr=subprocess.STDOUT), path))
+    return procs
+
+
+def preempt_one_process(procs: list, workdir: str, after_step: int) -> list:
+    """Wait until step `after_step` is logged, SIGTERM process 1 only, wait; returns the exit codes."""
+    deadline = time.time() + 240
+    while time.time() < deadline and all(p.poll() is None for p, _ in procs):
+        rows = losses(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else {}
+        if max(rows, default=0) >= after_step:
+            os.kill(procs[1][0].pid, signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    codes = []
+    for proc, _ in procs:
+        try:
+            codes.append(proc.wait(timeout=120))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def test_resume_elsewhere_then_preempt_one_process(one_process_run, tmp_path):
+    """The 1 process x 8 devices checkpoint of step 6 resumes on 2 processes x 2 devices (4 devices): steps 7-9
+    match the run that went on unchanged. Then SIGTERM to process 1 alone: both processes save the same step
+    and exit 75."""
+    config_file, env, ref = one_process_run
+    reference = ref.losses()
+    launcher = load_launcher()
+    for attempt in range(2):  # the XLA:CPU fake-device dead-lock (see run_with_retry) gets one more attempt
+        workdir, logs = str(tmp_path / f"elsewhere{attempt}"), str(tmp_path / f"logs{attempt}")
+        shutil.copytree(ref.workdir, workdir)
+        shutil.rmtree(os.path.join(workdir, "checkpoints", "9"))
+        os.makedirs(logs)
+        # total_steps=400 keeps the schedule of the reference (constant after warmup) and leaves time to preempt.
+        procs = start_processes(launcher, pretrain_cmd(config_file, workdir, 400), 2, 2, env(2), logs)
+        codes = preempt_one_process(procs, workdir, after_step=10)
+        outputs = [open(path).read() for _, path in procs]
+        if codes == [75, 75] or not any(RENDEZVOUS_ABORT in out for out in outputs):
+            break
+    assert codes == [75, 75], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "distributed: 2 process(es), 4 devices (2 local per process, cpu)" in outputs[0]
+    assert "Resuming from checkpoint step 6" in outputs[0]
+    saved = int(outputs[0].split("Preempted: saved checkpoint step ")[1].split(";")[0])
+    assert saved >= 10 and str(saved) in os.listdir(os.path.join(workdir, "checkpoints"))
+    got = losses(workdir)
+    assert sorted(got) == list(range(1, saved + 1))  # no step ran after the agreed one
+    assert_losses_match({s: got[s] for s in (7, 8, 9)}, reference)

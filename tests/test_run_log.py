@@ -12,6 +12,13 @@ def test_truncate_metrics_keeps_steps_up_to_checkpoint(tmp_path):
     run_log.truncate_metrics(str(tmp_path / "missing.jsonl"), 3)  # no file: nothing to do, no error
 
 
+def test_truncate_metrics_drops_a_line_cut_short_by_a_kill(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 0.5}) + "\n" for s in range(1, 4)) + '{"step": 4, "lo')
+    run_log.truncate_metrics(str(path), 5)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_format_duration():
     assert run_log.format_duration(5) == "5s"
     assert run_log.format_duration(125) == "2m05s"

@@ -1,0 +1,75 @@
+"""How long the train loop is blocked per async checkpoint save: wall time of `manager.save(...)`.
+
+    JAX_PLATFORMS=cpu python benchmarks/checkpoint_blocking.py --models=B/16,L/16 --repeats=3 --dir=/tmp/ckpt_bench
+
+For each model it builds the pretraining TrainState (MAE encoder + decoder params and AdamW moments, fp32) on
+the local devices with the mesh of the default config, then saves it `repeats` times through the same
+manager pretraining uses (mim_jax.checkpoints). The blocking time is the `save` call alone: the loop
+continues while orbax writes in the background. Before each save the previous write is awaited (and timed
+separately), as in a run whose saves are further apart than one write. Prints one markdown row per model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import time
+
+import jax
+
+from mim_jax import checkpoints, optim
+from mim_jax.configuration import base_config
+from mim_jax.models.mae import mae_from_config
+from mim_jax.sharding import logical_rules, make_mesh
+from mim_jax.train_step import create_train_state
+
+
+def state_for(variant: str):
+    """The fp32 TrainState (params + AdamW) of an MAE with encoder `variant` at 224 px, and its size in bytes."""
+    config = base_config()
+    config.model.variant = variant
+    mesh = make_mesh(config.mesh)
+    rules = logical_rules(config.mesh)
+    tx = optim.make_optimizer(config.optim, config.data.global_batch_size, config.total_steps)
+    state, _ = create_train_state(mae_from_config(config.model), tx, mesh, rules, config.seed)
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    return state, size, checkpoints.model_signature(config)
+
+
+def measure(variant: str, repeats: int, directory: str) -> dict:
+    """Blocking seconds of each save call and seconds until each write finished."""
+    state, size, signature = state_for(variant)
+    shutil.rmtree(directory, ignore_errors=True)
+    manager = checkpoints.checkpoint_manager(directory, max_to_keep=2, async_save=True)
+    blocked, written = [], []
+    for step in range(1, repeats + 1):
+        start = time.perf_counter()
+        checkpoints.save(manager, step, state, {"signature": signature, "step": step}, force=True)
+        blocked.append(time.perf_counter() - start)
+        manager.wait_until_finished()
+        written.append(time.perf_counter() - start)
+    manager.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    return {"model": variant, "gib": size / 2 ** 30, "blocked": blocked, "written": written}
+
+
+def main() -> None:
+    """Measure each model and print the table rows."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="B/16,L/16")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dir", default="/tmp/mim_jax_ckpt_bench")
+    args = parser.parse_args()
+    print(f"# {platform.node()}, {os.cpu_count()} cores, jax {jax.__version__}, devices {jax.devices()}")
+    print("| model | state GiB | blocked per save s (each) | median blocked s | save written s (median) |")
+    print("|---|---|---|---|---|")
+    for variant in args.models.split(","):
+        r = measure(variant, args.repeats, os.path.join(args.dir, variant.replace("/", "_")))
+        print(f"| {r['model']} | {r['gib']:.2f} | {', '.join(f'{b:.3f}' for b in r['blocked'])} | "
+              f"{statistics.median(r['blocked']):.3f} | {statistics.median(r['written']):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
