@@ -9,6 +9,11 @@ MIM_JAX_NUM_PROCESSES, MIM_JAX_PROCESS_ID (read by mim_jax.distributed.initializ
 prefixed with [p<i>]. If one process fails, the others are stopped (SIGTERM, then SIGKILL after a grace
 period). The exit status is 0 when all succeed, else the largest status among the processes that failed on
 their own (a signal N counts as 128+N).
+
+SIGTERM or SIGUSR1 sent to the launcher is forwarded to every process, as a cluster's preemption notice
+would reach them: pretraining saves a checkpoint at the next step and exits 75, which the launcher waits
+for (up to --preempt_grace_s) and returns. A process exiting 75 does not stop the others. SIGINT / SIGHUP
+stop everything at once (exit 130).
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ import time
 from typing import Optional, Sequence, TextIO
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+PREEMPTED_EXIT_CODE = 75  # mim_jax.preemption.PREEMPTED_EXIT_CODE: saved a checkpoint, not a failure
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_pending_signal: list[int] = []  # set by the signal handler, consumed by run()
 
 
 def free_port(host: str = "localhost") -> int:
@@ -102,9 +110,23 @@ def stop_all(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
         p.wait()
 
 
+def forward_pending_signal(procs: Sequence[subprocess.Popen], out: TextIO, lock: threading.Lock) -> bool:
+    """Send a signal the launcher received (SIGTERM / SIGUSR1) to every running process; True if there was one."""
+    if not _pending_signal:
+        return False
+    sig = _pending_signal.pop()
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    with lock:
+        out.write(f"[launch] forwarded {signal.Signals(sig).name} to the processes; waiting for them to exit\n")
+        out.flush()
+    return True
+
+
 def run(args: Sequence[str], num_processes: int, devices_per_process: int, *, port: Optional[int] = None,
         cwd: Optional[str] = None, timeout_s: Optional[float] = None, grace_s: float = 5.0,
-        out: TextIO = sys.stdout) -> int:
+        preempt_grace_s: float = 300.0, out: TextIO = sys.stdout) -> int:
     """Start the processes, stream their prefixed output, wait; returns the run's exit status."""
     port = port or free_port()
     procs, pumps, lock = [], [], threading.Lock()
@@ -121,7 +143,9 @@ def run(args: Sequence[str], num_processes: int, devices_per_process: int, *, po
             pump.start()
             pumps.append(pump)
         while any(p.poll() is None for p in procs):
-            failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+            if forward_pending_signal(procs, out, lock):
+                timeout_s = min(timeout_s or float("inf"), time.monotonic() - start + preempt_grace_s)
+            failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0, PREEMPTED_EXIT_CODE)]
             timed_out = timeout_s is not None and time.monotonic() - start > timeout_s
             if failed or timed_out:
                 killed_by_us = {i for i, p in enumerate(procs) if p.poll() is None}
@@ -158,6 +182,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0 = pick a free one)")
     parser.add_argument("--timeout_s", type=float, default=0, help="stop all processes after this long (0 = never)")
     parser.add_argument("--grace_s", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--preempt_grace_s", type=float, default=300.0,
+                        help="after a forwarded SIGTERM / SIGUSR1: how long the processes get to save and exit")
     parser.add_argument("--dry_run", action="store_true", help="print the commands and environment, run nothing")
     args = parser.parse_args(argv[:split])
     args.command = argv[split + 1:]
@@ -169,8 +195,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _interrupt(signum: int, frame) -> None:
-    """SIGTERM / SIGHUP handler: unwind like Ctrl-C so that run() stops the processes it started."""
+    """SIGHUP handler: unwind like Ctrl-C so that run() stops the processes it started."""
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _forward_later(signum: int, frame) -> None:
+    """SIGTERM / SIGUSR1 handler: run() forwards the signal to the processes (a preemption notice)."""
+    _pending_signal.append(signum)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -181,15 +212,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for argv_i, env in commands(args.command, args.num_processes, args.devices_per_process, port):
             print(format_command(argv_i, env))
         return 0
+    handlers = {signal.SIGHUP: _interrupt, **{sig: _forward_later for sig in FORWARDED_SIGNALS}}
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _interrupt)
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         return run(args.command, args.num_processes, args.devices_per_process, port=port,
-                   timeout_s=args.timeout_s or None, grace_s=args.grace_s)
+                   timeout_s=args.timeout_s or None, grace_s=args.grace_s, preempt_grace_s=args.preempt_grace_s)
     except KeyboardInterrupt:
         print("[launch] interrupted; all processes stopped", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _pending_signal.clear()
 
 
 if __name__ == "__main__":

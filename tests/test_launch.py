@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -242,6 +243,36 @@ def test_job_body_waits_through_sigterm_for_the_checkpoint(tmp_path):
 
 
 def test_launchers_agree_on_the_preemption_exit_code(tpu_pod):
+    from mim_jax.preemption import PREEMPTED_EXIT_CODE
     with open(JOB_BODY) as f:
-        body = f.read()
-    assert f"PREEMPTED_EXIT_CODE={tpu_pod.PREEMPTED_EXIT_CODE}" in body
+        assert f"\nPREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE} " in f.read()
+    assert tpu_pod.PREEMPTED_EXIT_CODE == load_script("local_multihost").PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE
+
+
+# ---- local multi-host launcher: a preemption notice reaches every process ----
+
+def test_local_launcher_forwards_sigterm_and_returns_the_preemption_status(tmp_path, monkeypatch, capsys):
+    launcher = load_script("local_multihost")
+    script = ("import os, signal, sys, time\n"
+              "def saved(signum, frame):\n"
+              "    print('saved after', signal.Signals(signum).name, flush=True); sys.exit(75)\n"
+              "signal.signal(signal.SIGTERM, saved)\n"
+              "open(os.path.join(os.environ['READY_DIR'], os.environ['MIM_JAX_PROCESS_ID']), 'w').close()\n"
+              "time.sleep(60)\n")
+    monkeypatch.setenv("READY_DIR", str(tmp_path))
+
+    def notice_when_ready():  # like a cluster's preemption notice, once both processes listen for it
+        deadline = time.monotonic() + 20
+        while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=notice_when_ready, daemon=True).start()
+    start = time.monotonic()
+    status = launcher.main(["--num_processes=2", "--devices_per_process=1", "--timeout_s=60", "--", "-c", script])
+    text = capsys.readouterr().out
+    assert status == 75, text
+    assert "[p0] saved after SIGTERM" in text and "[p1] saved after SIGTERM" in text
+    assert "forwarded SIGTERM" in text and time.monotonic() - start < 30
+    assert signal.getsignal(signal.SIGTERM) is before  # the launcher put the test process's handler back
