@@ -213,7 +213,7 @@ def plan(config, topology: Topology, max_hbm_fraction: float = 0.9) -> PlanRepor
         alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
         hbm_per_device=topology.hbm_per_chip * topology.chips // len(devices), max_hbm_fraction=max_hbm_fraction,
-        model_flops_per_step=flops.train_flops_per_step(config.model, batch),
+        model_flops_per_step=program.train_flops_per_step(config),
         xla_flops_per_step=xla_train_flops(config),
         xla_flops_per_device=float(cost.get("flops", 0.0)), compile_seconds=round(seconds, 1))
 

@@ -73,19 +73,20 @@ def train(config, workdir: str) -> dict:
     batch_size, total = config.data.global_batch_size, config.total_steps
     manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save)
     start_step, state = restore_or_init(config, program, manager)
+    teacher_args = frozen_teacher_params(config, program)
     train_step = program.step
     batches = pipeline.train_batches(
         dataset_dir, config.data.train_split, global_batch_size=batch_size, image_size=config.model.image_size,
         seed=config.seed, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count(), crop_scale=tuple(config.data.crop_scale),
         crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers)
-    log = RunLog(workdir, total, batch_size, start_step, flops_per_step=flops.train_flops_per_step(
-        config.model, batch_size), peak_flops=total_peak_flops(mesh))
+    log = RunLog(workdir, total, batch_size, start_step, flops_per_step=program.train_flops_per_step(config),
+                 peak_flops=total_peak_flops(mesh))
     meta = {"signature": checkpoints.model_signature(config)}
     on_cpu = jax.devices()[0].platform == "cpu"
     row = {}
     for step in range(start_step + 1, total + 1):
-        state, metrics = train_step(state, global_batch(next(batches), mesh, rules))
+        state, metrics = train_step(state, global_batch(next(batches), mesh, rules), *teacher_args)
         if step % config.log.every_steps == 0 or step == total:
             row = log.write(step, fetch_metrics(metrics, step))
         elif on_cpu and step % CPU_SYNC_EVERY == 0:
@@ -96,6 +97,14 @@ def train(config, workdir: str) -> dict:
     log.close()
     run_end_evals(config, model, state.params, dataset_dir, workdir, mesh, rules)
     return row
+
+
+def frozen_teacher_params(config, program: Program) -> tuple:
+    """() for pixel MAE; (teacher params,) for objective 'mae_teacher': loaded once, sharded, never updated."""
+    if program.teacher is None:
+        return ()
+    from mim_jax.convert.teacher_weights import load_teacher_params
+    return (load_teacher_params(config.teacher, program.teacher, program.mesh, program.rules),)
 
 
 def random_init_encoder_params(config, model: MAE, mesh, rules):
