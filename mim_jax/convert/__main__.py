@@ -18,7 +18,7 @@ from mim_jax.errors import ConfigError
 FORMATS = ("mim_jax", "timm")
 
 
-def load_any(source: str, heads: int = 0, variant: str = ""):
+def load_any(source: str, heads: int = 0, variant: str = "", decoder_heads: int = 0):
     """(ViTArch, decoder dims or None, params {'encoder'[, 'decoder']}) of any supported source."""
     from mim_jax.convert import native
     from mim_jax.convert.checkpoint_files import read_checkpoint
@@ -30,7 +30,7 @@ def load_any(source: str, heads: int = 0, variant: str = ""):
         arch, params = native.load_native(path)
         return arch, None, params
     sd, hf_config = read_checkpoint(path)
-    return import_mae(sd, heads, hf_config, variant)
+    return import_mae(sd, hf_config, heads, variant, decoder_heads)
 
 
 def is_run_dir(path: str) -> bool:
@@ -53,7 +53,7 @@ def load_run_weights(run: str):
     return encoder_arch(run_cfg.model), None, {"encoder": jax.device_get(params["encoder"])}
 
 
-def convert(source: str, out: str, fmt: str, heads: int = 0, variant: str = "") -> str:
+def convert(source: str, out: str, fmt: str, heads: int = 0, variant: str = "", decoder_heads: int = 0) -> str:
     """Convert `source` to `out` in `fmt`; returns a one-line summary."""
     from mim_jax.convert.export import export_timm
     from mim_jax.convert.native import save_native
@@ -61,7 +61,7 @@ def convert(source: str, out: str, fmt: str, heads: int = 0, variant: str = "") 
         raise ConfigError(f"--format={fmt!r}: use one of {FORMATS}")
     if not out.endswith(".safetensors"):
         raise ConfigError(f"--out={out!r}: must end in .safetensors")
-    arch, decoder, params = load_any(source, heads, variant)
+    arch, decoder, params = load_any(source, heads, variant, decoder_heads)
     if fmt == "timm":
         export_timm(params["encoder"], arch, out)
     else:
@@ -77,7 +77,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     try:
-        print(convert(f["from"].value, f.out, f.format, f.heads, f.variant))
+        print(convert(f["from"].value, f.out, f.format, f.heads, f.variant, f.decoder_heads))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -89,6 +89,7 @@ def run(argv: Optional[Sequence[str]] = None) -> None:
     flags.DEFINE_string("out", None, "output .safetensors path", required=True)
     flags.DEFINE_enum("format", "mim_jax", FORMATS, "mim_jax (params + architecture) or timm (encoder)")
     flags.DEFINE_integer("heads", 0, "attention heads, when neither the file nor the size table tells")
+    flags.DEFINE_integer("decoder_heads", 0, "MAE decoder heads when the file does not tell (default 16, as MAE)")
     flags.DEFINE_string("variant", "", "expected size (e.g. B/16): the checkpoint must match it")
     app.run(main, argv=argv)
 

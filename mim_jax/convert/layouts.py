@@ -235,7 +235,7 @@ def vit_params(sd: dict, layout: Layout, prefix: str, arch: ViTArch) -> dict:
     return params
 
 
-def import_vit(sd: dict, heads: int = 0, hf_config: Optional[dict] = None, variant: str = "") -> tuple[ViTArch, dict]:
+def import_vit(sd: dict, hf_config: Optional[dict] = None, heads: int = 0, variant: str = "") -> tuple[ViTArch, dict]:
     """(ViTArch, numpy params) of the ViT in a PyTorch state dict of any supported layout; checks the keys."""
     if variant and variant not in VIT_SIZES:
         raise ConfigError(f"variant={variant!r} is not a known ViT size; use one of {sorted(VIT_SIZES)}")

@@ -27,7 +27,7 @@ def _read_weights(path: str, heads: int) -> tuple[ViTArch, dict]:
             _HOST_CACHE[key] = (arch, params["encoder"])
         else:
             sd, hf_config = read_checkpoint(path)
-            _HOST_CACHE[key] = import_vit(sd, heads, hf_config)
+            _HOST_CACHE[key] = import_vit(sd, hf_config, heads)
     return _HOST_CACHE[key]
 
 
