@@ -66,6 +66,7 @@ class TeacherViT(nn.Module):
     arch: ViTArch
     feature: str = "final"             # final: after the final norm (and projection); last_block: before it
     dtype: jnp.dtype = jnp.bfloat16
+    scan_unroll: int = 1               # passed to BlockStack (= depth: loop-free, for exact FLOP counts)
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -85,7 +86,7 @@ class TeacherViT(nn.Module):
             x = layer_norm(self.dtype, "ln_pre", a.ln_eps)(x)
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         x = BlockStack(a.width, a.depth, a.heads, a.mlp_dim, "none", self.dtype, ln_eps=a.ln_eps,
-                       activation=a.activation, name="blocks")(x)
+                       scan_unroll=self.scan_unroll, activation=a.activation, name="blocks")(x)
         if self.feature == "last_block":
             return x
         x = layer_norm(self.dtype, "norm", a.ln_eps)(x)
@@ -171,8 +172,9 @@ def place_teacher_params(host_params: Any, abstract: Any) -> Any:
     flat_host = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(host_params)[0]}
     expected = {jax.tree_util.keystr(p) for p, _ in flat_abstract}
     if set(flat_host) != expected:
-        raise ConfigError(f"teacher weights do not fit the teacher architecture: missing "
-                          f"{sorted(expected - set(flat_host))[:8]}, unexpected {sorted(set(flat_host) - expected)[:8]}")
+        missing, unexpected = sorted(expected - set(flat_host)), sorted(set(flat_host) - expected)
+        raise ConfigError(f"teacher weights do not fit the teacher architecture: missing {missing[:8]}, "
+                          f"unexpected {unexpected[:8]}")
     leaves = []
     for path, a in flat_abstract:
         value = np.asarray(flat_host[jax.tree_util.keystr(path)])
