@@ -136,3 +136,23 @@ def test_teacher_config_errors_name_the_field(tmp_path):
     c.teacher.feature, c.objective = "final", "dino_only"
     with pytest.raises(ConfigError, match="objective"):
         validate(c, check_data_path=False)
+
+
+def test_h14_student_runs_a_b16_clip_teacher_on_its_grid():
+    """configs/pretrain.py:model=H/14,target=clip: 16x16 student grid at 224 px -> the /16 teacher at 256 px."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pretrain_cfg", "configs/pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("model=H/14,target=clip,batch=8")
+    assert (c.objective, c.teacher.type) == ("mae_teacher", "clip")
+    validate(c, check_data_path=False)  # no weights: B/16 CLIP shapes, for plans
+    c.mesh.shape = (1, 1, 1)
+    program = build_program(c, make_mesh(c.mesh, jax.devices()[:1]))
+    assert (program.teacher.image_size, program.teacher.arch.grid_size, program.teacher.arch.patch_size) == \
+        (256, 16, 16)
+    assert program.teacher.abstract_params["pos_embed"].shape == (1 + 16 * 16, 768)
+    assert program.teacher.abstract_params["proj"].dtype == jnp.bfloat16
+    assert program.model.decoder.out_dim == 512
+    with pytest.raises(ValueError, match="target='pixels'"):
+        module.get_config("target=pixels")
