@@ -6,6 +6,7 @@ import os
 import ml_collections
 
 from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
+from mim_jax.models.teachers import FEATURES
 from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
 from mim_jax.sharding import DEFAULT_RULES
 
@@ -15,7 +16,7 @@ DATA_SOURCES = ("arrayrecord", "synthetic")
 POOLS = ("cls", "mean")
 OBJECTIVES = ("mae", "mae_teacher")
 TEACHER_TYPES = ("clip", "dino", "mae_run")
-TEACHER_FEATURES = ("final", "last_block")
+TEACHER_FEATURES = FEATURES
 
 
 def base_config() -> ml_collections.ConfigDict:

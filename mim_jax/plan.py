@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
-from mim_jax import configuration, flops  # noqa: E402
+from mim_jax import configuration  # noqa: E402
 from mim_jax.cli_flags import run_cli  # noqa: E402
 from mim_jax.errors import ConfigError  # noqa: E402
 from mim_jax.sharding import make_mesh  # noqa: E402

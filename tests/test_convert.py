@@ -11,7 +11,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -181,7 +180,7 @@ def official_mae_layout(sd: dict) -> dict:
     return out
 
 
-def mae_model_config(hf_cfg):
+def mae_model_config():
     c = base_config().model
     c.update(dict(variant="Ti/16", width=32, depth=2, heads=2, mlp_dim=64, patch_size=8, image_size=32,
                   dtype="float32", norm_pix_loss=True))
@@ -193,7 +192,7 @@ def test_vitmae_same_loss_and_reconstruction(hf_mae, tmp_path):
     model, path = hf_mae
     arch, decoder, params = import_mae(*read_checkpoint(path))
     assert arch.positions == "sincos" and decoder.width == 16 and decoder.out_dim == 8 * 8 * 3
-    ours = mae_from_config(mae_model_config(model.config))
+    ours = mae_from_config(mae_model_config())
     x = pixels(batch=3)
     noise = np.random.default_rng(3).uniform(size=(3, 16)).astype(np.float32)
     init = nn.unbox(ours.init(jax.random.key(0), nhwc(x), jnp.asarray(noise))["params"])

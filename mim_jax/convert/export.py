@@ -1,6 +1,7 @@
 """Export an encoder to timm-compatible safetensors (timm `vit_*` names; fused qkv; [1, 1+N, D] positions)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -52,10 +53,4 @@ def timm_state_dict(params: dict, arch: ViTArch) -> dict[str, np.ndarray]:
 def export_timm(params: dict, arch: ViTArch, path: str) -> None:
     """Write `params` as a timm-compatible safetensors file (architecture in the metadata)."""
     from safetensors.numpy import save_file
-    save_file(timm_state_dict(params, arch), path, metadata={"mim_jax_arch": json.dumps(arch_to_json(arch))})
-
-
-def arch_to_json(arch: ViTArch) -> dict:
-    """ViTArch as a JSON-able dict."""
-    import dataclasses
-    return dataclasses.asdict(arch)
+    save_file(timm_state_dict(params, arch), path, metadata={"mim_jax_arch": json.dumps(dataclasses.asdict(arch))})

@@ -97,13 +97,6 @@ class TeacherViT(nn.Module):
         return x
 
 
-def check_feature(feature: str) -> None:
-    """Raise naming teacher.feature unless it is a known kind."""
-    if feature not in FEATURES:
-        raise ConfigError(f"teacher.feature={feature!r}: use one of {FEATURES} (final = after the last norm "
-                          f"and CLIP's projection; last_block = output of the last block)")
-
-
 def teacher_image_size(arch: ViTArch, student_grid: int) -> int:
     """Pixels per side at which the teacher sees the student's patch grid."""
     return student_grid * arch.patch_size
