@@ -245,6 +245,7 @@ def build_teacher(config, mesh, rules) -> Teacher:
     arch = teacher_arch(config.teacher).at_grid(grid)
     module = TeacherViT(arch, config.teacher.feature, jnp.dtype(config.teacher.dtype))
     abstract, shardings = abstract_teacher(module, mesh, rules)
+    check_divisible(abstract, shardings, mesh)
     return Teacher(module, grid * arch.patch_size, abstract, shardings)
 
 

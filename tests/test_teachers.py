@@ -156,3 +156,14 @@ def test_h14_student_runs_a_b16_clip_teacher_on_its_grid():
     assert program.model.decoder.out_dim == 512
     with pytest.raises(ValueError, match="target='pixels'"):
         module.get_config("target=pixels")
+
+
+def test_a_teacher_run_reloads_with_its_feature_decoder(tmp_path):
+    """Evaluation rebuilds a mae_teacher run's MAE with the teacher-width prediction head (not p*p*3 pixels)."""
+    from mim_jax.pretrained import run_model
+    c = teacher_config("", random_teacher_file(tmp_path / "clip.safetensors"))
+    assert run_model(ml_collections.ConfigDict(c.to_dict())).decoder.out_dim == 24
+    c.teacher.feature = "last_block"
+    assert run_model(c).decoder.out_dim == 32
+    c.objective = "mae"
+    assert run_model(c).decoder.out_dim == 8 * 8 * 3
