@@ -264,3 +264,14 @@ def test_pickle_needing_code_execution_is_refused(hf_dino, tmp_path):
     torch.save({"model": sd, "args": argparse.Namespace(lr=1.5e-4)}, path)
     with pytest.raises(ConfigError, match=r"checkpoint-799.pth: refused to load.*weights_only=True"):
         read_checkpoint(path)
+
+
+def test_bfloat16_safetensors_read_as_float32(hf_dino, tmp_path):
+    from safetensors.flax import save_file
+    arch, params = import_vit(*read_checkpoint(hf_dino[1]))
+    sd = timm_state_dict(params, arch)
+    path = str(tmp_path / "bf16.safetensors")
+    save_file({k: jnp.asarray(v, jnp.bfloat16) for k, v in sd.items()}, path)
+    _, params_bf16 = import_vit(read_safetensors(path), heads=2)
+    rounded = jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), params)
+    same_tree(params_bf16, rounded)

@@ -19,12 +19,13 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as float32 numpy arrays (bf16/fp16 widened)."""
+    """All tensors of a safetensors file as numpy arrays (bfloat16, which numpy lacks, read as float32)."""
     from safetensors import safe_open
     out = {}
-    with safe_open(path, framework="np") as f:
+    with safe_open(path, framework="np") as f, safe_open(path, framework="flax") as f_jax:
         for key in f.keys():
-            out[key] = np.asarray(f.get_tensor(key))
+            bf16 = f.get_slice(key).get_dtype() == "BF16"  # numpy has no bfloat16: read those through jax
+            out[key] = np.asarray(f_jax.get_tensor(key), np.float32) if bf16 else np.asarray(f.get_tensor(key))
     return out
 
 
