@@ -14,7 +14,7 @@ from mim_jax.models.teachers import TeacherViT, ViTArch, interpolate_positions, 
     torch_bicubic_matrix
 from mim_jax.sharding import global_batch, make_mesh
 from mim_jax.train_step import build_program, create_train_state, mask_noise
-from tests.conftest import tiny_pretrain_config
+from conftest import tiny_pretrain_config
 
 BATCH = 16
 # A CLIP-style tower (QuickGELU, eps 1e-5, no patch bias, ln_pre, projection) at 32 px / patch 16 = grid 2;
