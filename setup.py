@@ -32,6 +32,7 @@ setup(
             "mim-pretrain=mim_jax.pretrain:run",
             "mim-eval=mim_jax.evaluate.__main__:run",
             "mim-plan=mim_jax.plan:run",
+            "mim-convert=mim_jax.convert.__main__:run",
         ],
     },
 )
