@@ -167,3 +167,16 @@ def test_a_teacher_run_reloads_with_its_feature_decoder(tmp_path):
     assert run_model(c).decoder.out_dim == 32
     c.objective = "mae"
     assert run_model(c).decoder.out_dim == 8 * 8 * 3
+
+
+def test_mae_run_teacher_equals_the_encoder_it_loads():
+    """A sin-cos TeacherViT on an Encoder's params (the mae_run teacher) computes exactly that Encoder's forward."""
+    from mim_jax.models.teachers import encoder_arch
+    from mim_jax.models.vit import encoder_from_config
+    c = tiny_pretrain_config("")
+    encoder = encoder_from_config(c.model)
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    params = nn.unbox(encoder.init(jax.random.key(3), images)["params"])
+    teacher = TeacherViT(encoder_arch(c.model), "final", jnp.float32)
+    np.testing.assert_allclose(np.asarray(teacher.apply({"params": params}, images)),
+                               np.asarray(encoder.apply({"params": params}, images)), rtol=1e-6, atol=1e-6)
