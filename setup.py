@@ -35,6 +35,7 @@ setup(
             "mim-eval=mim_jax.evaluate.__main__:run",
             "mim-plan=mim_jax.plan:run",
             "mim-ingest=mim_jax.data.ingest:main",
+            "mim-convert=mim_jax.convert.__main__:run",
         ],
     },
 )

@@ -7,6 +7,8 @@ Arguments (comma separated key=value):
   recipe  mae  (He et al. 2022: ImageNet-1K, 800 epochs, blr 1.5e-4, 40 warmup epochs)
           maws (Singh et al. 2023, MAE pre-pretraining stage: one epoch of a ~3B-image web dataset)
   batch   global batch size (default 4096, both papers)
+  target  pixel (default: MAE's normalized pixels) | clip | dino | mae_run: feature targets of a frozen
+          teacher (Lu et al.; objective=mae_teacher), weights from --config.teacher.weights=PATH
 
 Each paper size names the TPU slice it was planned for (`config.plan.topology`), with the mesh and
 activation rematerialization that fit there: `python -m mim_jax.plan --config=configs/pretrain.py:model=X`
@@ -17,8 +19,9 @@ import ml_collections
 
 from mim_jax.configuration import IMAGENET_TRAIN_SIZE, base_config
 
-ARGS = ("model", "batch", "recipe")
+ARGS = ("model", "batch", "recipe", "target")
 RECIPES = ("mae", "maws")
+TARGETS = ("pixel", "clip", "dino", "mae_run")
 MAWS_DATASET_SIZE = 3_000_000_000  # IG-3B, seen once in the MAE stage
 
 # size -> (TPU slice, mesh (data, fsdp, tensor), remat) for global batch 4096, planned with mim_jax.plan.
@@ -45,6 +48,8 @@ def parse_arg(arg: str) -> dict:
         out[key] = value
     if out.get("recipe", "mae") not in RECIPES:
         raise ValueError(f"config argument recipe={out['recipe']!r}; use one of {RECIPES}")
+    if out.get("target", "pixel") not in TARGETS:
+        raise ValueError(f"config argument target={out['target']!r}; use one of {TARGETS}")
     return out
 
 
@@ -64,4 +69,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.plan.topology, c.mesh.shape, c.model.remat = PAPER_SCALE[c.model.variant]
     if c.model.variant in FP32_SIZES:
         c.model.dtype = "float32"
+    if args.get("target", "pixel") != "pixel":
+        c.objective = "mae_teacher"
+        c.teacher.type = args["target"]
     return c

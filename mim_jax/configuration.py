@@ -6,6 +6,7 @@ import ml_collections
 
 from mim_jax import workdir as run_dirs
 from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
+from mim_jax.models.teachers import FEATURES
 from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
 from mim_jax.nonfinite import NONFINITE_POLICIES
 from mim_jax.sharding import DEFAULT_RULES
@@ -14,6 +15,9 @@ IMAGENET_TRAIN_SIZE = 1_281_167
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("arrayrecord", "synthetic")
 POOLS = ("cls", "mean")
+OBJECTIVES = ("mae", "mae_teacher")
+TEACHER_TYPES = ("clip", "dino", "mae_run")
+TEACHER_FEATURES = FEATURES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -76,7 +80,19 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.evals = ml_collections.ConfigDict()
     c.evals.linear_probe = probe_config()
+    c.teacher = teacher_config()
     return c
+
+
+def teacher_config() -> ml_collections.ConfigDict:
+    """Frozen-teacher fields, used by objective='mae_teacher' (Lu et al. feature targets)."""
+    t = ml_collections.ConfigDict()
+    t.type = "clip"                   # clip | dino | mae_run (the encoder of an earlier run of this project)
+    t.weights = ""                    # checkpoint file/dir (see README "Weights import/export"), or a run workdir
+    t.feature = "final"               # final (after ln_post [+ CLIP projection]) | last_block (before the norm)
+    t.dtype = "bfloat16"              # teacher params and forward; float32 for exact checks
+    t.heads = 0                       # 0 = infer (file config or size table by width); needed for odd widths
+    return t
 
 
 def probe_config() -> ml_collections.ConfigDict:
@@ -183,12 +199,30 @@ def validate_probe(probe: ml_collections.ConfigDict, prefix: str) -> None:
              "use 0 (all) or a positive count")
 
 
+def validate_teacher(teacher: ml_collections.ConfigDict, check_weights: bool = True) -> None:
+    """Check the teacher fields; `check_weights=False` (memory plans) allows no weights (B/16 shapes)."""
+    _require(teacher.type in TEACHER_TYPES, "teacher.type", teacher.type, f"use one of {TEACHER_TYPES}")
+    _require(teacher.feature in TEACHER_FEATURES, "teacher.feature", teacher.feature,
+             f"use one of {TEACHER_FEATURES}")
+    _require(teacher.dtype in DTYPES, "teacher.dtype", teacher.dtype, f"use one of {DTYPES}")
+    _require(isinstance(teacher.heads, int) and teacher.heads >= 0, "teacher.heads", teacher.heads,
+             "use 0 (infer) or a positive integer")
+    _require(not check_weights or bool(teacher.weights) or teacher.type != "mae_run", "teacher.weights",
+             teacher.weights, "set --config.teacher.weights=WORKDIR of an earlier pretraining run")
+    _require(not check_weights or bool(teacher.weights), "teacher.weights", teacher.weights,
+             f"set --config.teacher.weights=PATH to the {teacher.type} checkpoint (.pt/.pth/.safetensors/HF dir)")
+    _require(not teacher.weights or run_dirs.exists(run_dirs.resolve(teacher.weights)), "teacher.weights",
+             teacher.weights, "no such file or directory; check the path")
+
+
 def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) -> None:
     """Validate a pretraining config; raises ConfigError naming the first bad field.
 
     `check_data_path=False` is for programs that only compile the step (e.g. the memory plan).
     """
-    _require(config.objective == "mae", "objective", config.objective, "only 'mae' is implemented")
+    _require(config.objective in OBJECTIVES, "objective", config.objective, f"use one of {OBJECTIVES}")
+    if config.objective == "mae_teacher":
+        validate_teacher(config.teacher, check_data_path)
     _require(isinstance(config.seed, int), "seed", config.seed, "must be an integer")
     _positive_int(config, "total_steps")
     validate_model(config.model)

@@ -104,32 +104,33 @@ def encoder_forward_flops_per_example(width: int, depth: int, mlp_dim: int, toke
     return matmul_flops(num_patches, width, patch_dim) + depth * block_forward_flops(width, mlp_dim, tokens)
 
 
-def _mae_dims(model_cfg) -> dict:
+def _mae_dims(model_cfg, out_dim: int = 0) -> dict:
     dims = resolve_dims(model_cfg)
     grid = model_cfg.image_size // dims["patch_size"]
     num_patches = grid * grid
     dec = model_cfg.decoder
     return dict(dims, num_patches=num_patches, num_visible=num_visible(num_patches, model_cfg.mask_ratio),
                 patch_dim=dims["patch_size"] ** 2 * IMAGE_CHANNELS, dec_width=dec.width, dec_depth=dec.depth,
-                dec_mlp_dim=int(dec.mlp_ratio * dec.width))
+                dec_mlp_dim=int(dec.mlp_ratio * dec.width),
+                out_dim=out_dim or dims["patch_size"] ** 2 * IMAGE_CHANNELS)
 
 
-def mae_forward_flops_breakdown(model_cfg) -> dict[str, float]:
-    """Forward FLOPs per example of the MAE of `model_cfg` by part (patch_embed, encoder_blocks, decoder_*)."""
-    d = _mae_dims(model_cfg)
+def mae_forward_flops_breakdown(model_cfg, out_dim: int = 0) -> dict[str, float]:
+    """Forward FLOPs per example of the MAE of `model_cfg` by part; `out_dim` = decoder outputs (0: pixels)."""
+    d = _mae_dims(model_cfg, out_dim)
     enc_tokens, dec_tokens = 1 + d["num_visible"], 1 + d["num_patches"]
     return {
         "patch_embed": matmul_flops(d["num_patches"], d["width"], d["patch_dim"]),
         "encoder_blocks": d["depth"] * block_forward_flops(d["width"], d["mlp_dim"], enc_tokens),
         "decoder_embed": matmul_flops(enc_tokens, d["dec_width"], d["width"]),
         "decoder_blocks": d["dec_depth"] * block_forward_flops(d["dec_width"], d["dec_mlp_dim"], dec_tokens),
-        "decoder_pred": matmul_flops(dec_tokens, d["patch_dim"], d["dec_width"]),
+        "decoder_pred": matmul_flops(dec_tokens, d["out_dim"], d["dec_width"]),
     }
 
 
-def mae_forward_flops_per_example(model_cfg) -> float:
-    """Forward FLOPs per example of the MAE built by `mae_from_config(model_cfg)`."""
-    return sum(mae_forward_flops_breakdown(model_cfg).values())
+def mae_forward_flops_per_example(model_cfg, out_dim: int = 0) -> float:
+    """Forward FLOPs per example of the MAE built by `mae_from_config(model_cfg, out_dim)`."""
+    return sum(mae_forward_flops_breakdown(model_cfg, out_dim).values())
 
 
 def vit_forward_flops_per_example(model_cfg) -> float:
@@ -139,11 +140,20 @@ def vit_forward_flops_per_example(model_cfg) -> float:
                                              d["patch_dim"])
 
 
-def mae_train_flops_per_example(model_cfg, teacher_forward_flops: float = 0.0) -> float:
+def teacher_forward_flops_per_example(arch, feature: str = "final") -> float:
+    """Forward FLOPs per example of a `TeacherViT` of `arch` on its full grid (+ CLIP's projection for 'final')."""
+    tokens = 1 + arch.grid_size ** 2
+    forward = encoder_forward_flops_per_example(arch.width, arch.depth, arch.mlp_dim, tokens,
+                                                arch.patch_size ** 2 * IMAGE_CHANNELS)
+    return forward + (matmul_flops(tokens, arch.proj_dim, arch.width) if arch.proj_dim and feature == "final" else 0.0)
+
+
+def mae_train_flops_per_example(model_cfg, teacher_forward_flops: float = 0.0, out_dim: int = 0) -> float:
     """Train FLOPs per example: 3x the MAE forward, plus a frozen teacher's forward (x1) when given."""
-    return 3.0 * mae_forward_flops_per_example(model_cfg) + teacher_forward_flops
+    return 3.0 * mae_forward_flops_per_example(model_cfg, out_dim) + teacher_forward_flops
 
 
-def train_flops_per_step(model_cfg, global_batch_size: int, teacher_forward_flops: float = 0.0) -> float:
+def train_flops_per_step(model_cfg, global_batch_size: int, teacher_forward_flops: float = 0.0,
+                         out_dim: int = 0) -> float:
     """Model FLOPs of one optimizer step over the global batch (all devices together)."""
-    return global_batch_size * mae_train_flops_per_example(model_cfg, teacher_forward_flops)
+    return global_batch_size * mae_train_flops_per_example(model_cfg, teacher_forward_flops, out_dim)

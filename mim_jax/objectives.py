@@ -46,3 +46,21 @@ def mae_pixel_loss(outputs: dict, images: jax.Array, patch_size: int, norm_pix_l
     """MAE loss: MSE between decoder predictions and (normalized) pixel patches on masked tokens."""
     target = jax.lax.stop_gradient(pixel_targets(images, patch_size, norm_pix_loss))
     return masked_mse(outputs["pred"], target, outputs["mask"])
+
+
+FEATURE_NORM_EPS = 1e-6
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """Each feature vector (last axis) divided by its l2 norm (floored at 1e-6); fp32."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), FEATURE_NORM_EPS)
+
+
+def teacher_feature_loss(pred: jax.Array, teacher_features: jax.Array) -> jax.Array:
+    """Lu et al. Eq. 1: mean over the N+1 tokens (and the batch) of ||pred/|pred| - t/|t|||^2, t frozen; fp32.
+
+    pred and teacher_features are [B, 1+N, D] (CLS first); every token counts, masked or visible.
+    """
+    target = jax.lax.stop_gradient(l2_normalize(teacher_features))
+    return jnp.mean(jnp.sum((l2_normalize(pred) - target) ** 2, axis=-1))

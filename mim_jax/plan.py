@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import flags  # noqa: E402
 
-from mim_jax import configuration, flops  # noqa: E402
+from mim_jax import configuration  # noqa: E402
 from mim_jax.cli_flags import run_cli  # noqa: E402
 from mim_jax.errors import ConfigError  # noqa: E402
 from mim_jax.sharding import make_mesh  # noqa: E402
@@ -210,7 +210,7 @@ def plan(config, topology: Topology, max_hbm_fraction: float = 0.9) -> PlanRepor
         alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
         hbm_per_device=topology.hbm_per_chip * topology.chips // len(devices), max_hbm_fraction=max_hbm_fraction,
-        model_flops_per_step=flops.train_flops_per_step(config.model, batch),
+        model_flops_per_step=program.train_flops_per_step(config),
         xla_flops_per_step=xla_train_flops(config),
         xla_flops_per_device=float(cost.get("flops", 0.0)), compile_seconds=round(seconds, 1))
 

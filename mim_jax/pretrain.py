@@ -20,7 +20,7 @@ from mim_jax.models.mae import MAE
 from mim_jax.nonfinite import NonFiniteError, NonFiniteWatch
 from mim_jax.run_log import RunLog
 from mim_jax.sharding import global_batch, make_mesh
-from mim_jax.train_step import build_program, create_train_state
+from mim_jax.train_step import Program, build_program, create_train_state
 
 
 # Fake CPU devices dead-lock when too many collective steps are queued (see DEPS.md): sync this often on CPU.
@@ -58,6 +58,7 @@ def train(config, workdir: str) -> dict:
     manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
                                              cleanup_tmp=True)
     start_step, state = resume.start_state(config, program, manager)
+    teacher_args = frozen_teacher_params(config, program)
     train_step = program.step
     batches = pipeline.train_batches(
         dataset_dir, config.data.train_split, global_batch_size=batch_size, image_size=config.model.image_size,
@@ -65,8 +66,8 @@ def train(config, workdir: str) -> dict:
         process_count=jax.process_count(), crop_scale=tuple(config.data.crop_scale),
         crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers,
         subset=subsets.SubsetSpec.from_config(config.data.subset))
-    log = RunLog(workdir, total, batch_size, start_step, flops_per_step=flops.train_flops_per_step(
-        config.model, batch_size), peak_flops=total_peak_flops(mesh))
+    log = RunLog(workdir, total, batch_size, start_step, flops_per_step=program.train_flops_per_step(config),
+                 peak_flops=total_peak_flops(mesh))
     meta = {"signature": checkpoints.model_signature(config)}
     on_cpu = jax.devices()[0].platform == "cpu"
     nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
@@ -74,7 +75,7 @@ def train(config, workdir: str) -> dict:
     with preemption.watch():
         try:
             for step in range(start_step + 1, total + 1):
-                state, metrics = train_step(state, global_batch(next(batches), mesh, rules))
+                state, metrics = train_step(state, global_batch(next(batches), mesh, rules), *teacher_args)
                 nonfinite.add(step, metrics)
                 if step % config.log.every_steps == 0 or step == total:
                     nonfinite.check()
@@ -92,6 +93,14 @@ def train(config, workdir: str) -> dict:
             log.close()
     run_end_evals(config, model, state.params, dataset_dir, workdir, mesh, rules)
     return row
+
+
+def frozen_teacher_params(config, program: Program) -> tuple:
+    """() for pixel MAE; (teacher params,) for objective 'mae_teacher': loaded once, sharded, never updated."""
+    if program.teacher is None:
+        return ()
+    from mim_jax.convert.teacher_weights import load_teacher_params
+    return (load_teacher_params(config.teacher, program.teacher, program.mesh, program.rules),)
 
 
 def random_init_encoder_params(config, model: MAE, mesh, rules):

@@ -11,6 +11,14 @@ from mim_jax.models.mae import MAE, mae_from_config
 from mim_jax.train_step import abstract_train_state, create_train_state
 
 
+def run_model(run_cfg) -> MAE:
+    """The MAE a run trained: its decoder predicts pixels, or the teacher's features (objective mae_teacher)."""
+    if run_cfg.get("objective", "mae") != "mae_teacher":
+        return mae_from_config(run_cfg.model)
+    from mim_jax.convert.teacher_weights import teacher_arch
+    return mae_from_config(run_cfg.model, teacher_arch(run_cfg.teacher).feature_dim(run_cfg.teacher.feature))
+
+
 def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[Any, MAE, Any, int]:
     """(run config, MAE model, all params, step) from RUN_DIR or RUN_DIR/checkpoints/<step>.
 
@@ -18,7 +26,7 @@ def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[An
     """
     run_dir, step = checkpoints.locate_checkpoint(init_from)
     run_cfg = checkpoints.load_run_config(run_dir)
-    model = mae_from_config(run_cfg.model)
+    model = run_model(run_cfg)
     tx = optim.make_optimizer(run_cfg.optim, run_cfg.data.global_batch_size, run_cfg.total_steps)
     if random_init:
         state, _ = create_train_state(model, tx, mesh, rules, run_cfg.seed)

@@ -16,6 +16,7 @@ from mim_jax import objectives, optim
 from mim_jax.nonfinite import skip_metrics
 from mim_jax.data.transforms import normalize
 from mim_jax.models.mae import MAE, mae_from_config
+from mim_jax.models.teachers import TeacherViT, ViTArch, abstract_teacher, teacher_inputs
 from mim_jax.sharding import batch_sharding, check_batch_layout, check_divisible, check_replication, \
     logical_rules, replicated, state_shardings
 
@@ -86,6 +87,33 @@ def mae_loss_fn(model: MAE, norm_pix_loss: bool) -> Callable:
     return loss_fn
 
 
+@dataclasses.dataclass
+class Teacher:
+    """A frozen teacher of the step: module, the pixels it sees per side, abstract params and their shardings.
+
+    Its params are not in the TrainState: they enter the jitted step as a separate, non-donated argument.
+    """
+    module: TeacherViT
+    image_size: int
+    abstract_params: Any
+    shardings: Any
+
+    @property
+    def arch(self) -> ViTArch:
+        """The teacher's architecture (at the student's patch grid)."""
+        return self.module.arch
+
+
+def teacher_loss_fn(model: MAE, teacher: Teacher) -> Callable:
+    """loss(params, images_uint8, noise, teacher_params) -> Lu et al. Eq. 1 on all 1+N tokens (fp32)."""
+    def loss_fn(params, images, noise, teacher_params):
+        outputs = model.apply({"params": params}, normalize(images), noise)
+        inputs = teacher_inputs(images, teacher.arch, teacher.image_size)
+        features = teacher.module.apply({"params": jax.lax.stop_gradient(teacher_params)}, inputs)
+        return objectives.teacher_feature_loss(outputs["pred_with_cls"], features)
+    return loss_fn
+
+
 def split_micro_batches(x: jax.Array, micro_batches: int) -> jax.Array:
     """[B, ...] -> [A, B/A, ...] with micro-batch a = rows a, a+A, a+2A, ...; each stays split over devices.
 
@@ -125,14 +153,20 @@ def batch_shardings(mesh, rules) -> dict:
 
 
 def make_train_step(model: MAE, schedule: optax.Schedule, seed: int, norm_pix_loss: bool, mesh, rules,
-                    shardings: Any, global_batch_size: int, micro_batches: int = 1) -> Callable:
-    """jit(step)(state, batch) -> (state, metrics) with explicit in/out shardings and a donated state.
+                    shardings: Any, global_batch_size: int, micro_batches: int = 1,
+                    teacher: Teacher | None = None) -> Callable:
+    """jit(step)(state, batch[, teacher_params]) -> (state, metrics); explicit shardings, donated state.
 
     With `micro_batches` > 1 the gradient is accumulated over that many micro-batches inside the step.
+    With a `teacher`, the loss is Lu et al. Eq. 1 against its features; its params are the third
+    argument (sharded by `teacher.shardings`, not donated, never differentiated or updated).
     """
-    loss_fn = mae_loss_fn(model, norm_pix_loss)
+    pixel_loss = mae_loss_fn(model, norm_pix_loss)
+    feature_loss = teacher_loss_fn(model, teacher) if teacher is not None else None
 
-    def step(state: TrainState, batch: dict):
+    def step(state: TrainState, batch: dict, *teacher_params):
+        loss_fn = pixel_loss if teacher is None else \
+            functools.partial(feature_loss, teacher_params=teacher_params[0])
         noise = mask_noise(seed, state.step, (global_batch_size, num_patches(model)))
         loss, grads = accumulated_value_and_grad(loss_fn, state.params, batch["image"], noise, micro_batches,
                                                  shardings.params)
@@ -140,12 +174,13 @@ def make_train_step(model: MAE, schedule: optax.Schedule, seed: int, norm_pix_lo
         state = state.apply_gradients(grads=grads)
         return state, {**metrics, **skip_metrics(state.opt_state)}
 
-    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings(mesh, rules)),
-                     out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
+    in_shardings = (shardings, batch_shardings(mesh, rules)) + (() if teacher is None else (teacher.shardings,))
+    jitted = jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, replicated(mesh)),
+                     donate_argnums=0)
 
-    def run(state, batch):
+    def run(state, batch, *teacher_params):
         with sharding_context(mesh, rules):
-            return jitted(state, batch)
+            return jitted(state, batch, *teacher_params)
     run.jitted = jitted  # for ahead-of-time lowering (e.g. a memory plan)
     return run
 
@@ -159,8 +194,9 @@ class Program:
     rules: tuple
     abstract_state: Any     # ShapeDtypeStructs carrying their shardings; nothing allocated
     shardings: Any
-    step: Callable          # step(state, batch) -> (state, metrics); step.jitted for .lower()
+    step: Callable          # step(state, batch[, teacher_params]) -> (state, metrics); step.jitted for .lower()
     replicated_fraction: float
+    teacher: Teacher | None = None  # objective 'mae_teacher': the frozen teacher (params passed to step)
 
     def abstract_batch(self, global_batch_size: int, image_size: int) -> dict:
         """ShapeDtypeStructs of one global train batch with their shardings (for ahead-of-time lowering)."""
@@ -171,8 +207,20 @@ class Program:
 
     def lower(self, global_batch_size: int, image_size: int):
         """Lower the jitted train step for abstract state and batch (no device memory is touched)."""
+        teacher = () if self.teacher is None else (self.teacher.abstract_params,)
         with sharding_context(self.mesh, self.rules):
-            return self.step.jitted.lower(self.abstract_state, self.abstract_batch(global_batch_size, image_size))
+            return self.step.jitted.lower(self.abstract_state, self.abstract_batch(global_batch_size, image_size),
+                                          *teacher)
+
+    def train_flops_per_step(self, config) -> float:
+        """Model FLOPs of one step of `config` (MaxText convention), the frozen teacher's forward counted once."""
+        from mim_jax import flops
+        if self.teacher is None:
+            return flops.train_flops_per_step(config.model, config.data.global_batch_size)
+        return flops.train_flops_per_step(config.model, config.data.global_batch_size,
+                                          flops.teacher_forward_flops_per_example(self.teacher.arch,
+                                                                                  self.teacher.module.feature),
+                                          out_dim=self.model.decoder.out_dim)
 
 
 def build_program(config, mesh, process_count: int = 1) -> Program:
@@ -180,12 +228,30 @@ def build_program(config, mesh, process_count: int = 1) -> Program:
     rules = logical_rules(config.mesh)
     batch, total, micro = config.data.global_batch_size, config.total_steps, config.optim.grad_accum_steps
     check_batch_layout(batch, micro, mesh, rules, process_count)
-    model = mae_from_config(config.model)
+    teacher = build_teacher(config, mesh, rules) if config.objective == "mae_teacher" else None
+    model = mae_from_config(config.model, teacher.arch.feature_dim(config.teacher.feature) if teacher else 0)
     schedule = optim.learning_rate_schedule(config.optim, batch, total)
     tx = optim.make_optimizer(config.optim, batch, total)
     abstract, shardings = abstract_train_state(model, tx, mesh, rules)
     check_divisible(abstract.params, shardings.params, mesh)
     fraction = check_replication(abstract.params, shardings.params, mesh, config.mesh.max_replicated_fraction)
     step = make_train_step(model, schedule, config.seed, config.model.norm_pix_loss, mesh, rules, shardings,
-                           batch, micro)
-    return Program(model, tx, mesh, rules, abstract, shardings, step, fraction)
+                           batch, micro, teacher)
+    return Program(model, tx, mesh, rules, abstract, shardings, step, fraction, teacher)
+
+
+def build_teacher(config, mesh, rules) -> Teacher:
+    """The frozen teacher of `config.teacher` on the student's patch grid, abstract params sharded on `mesh`."""
+    from mim_jax.convert.teacher_weights import teacher_arch
+    grid = config.model.image_size // model_patch_size(config.model)
+    arch = teacher_arch(config.teacher).at_grid(grid)
+    module = TeacherViT(arch, config.teacher.feature, jnp.dtype(config.teacher.dtype))
+    abstract, shardings = abstract_teacher(module, mesh, rules)
+    check_divisible(abstract, shardings, mesh)
+    return Teacher(module, grid * arch.patch_size, abstract, shardings)
+
+
+def model_patch_size(model_cfg) -> int:
+    """The student's patch size (size table or override)."""
+    from mim_jax.models.vit import resolve_dims
+    return resolve_dims(model_cfg)["patch_size"]

@@ -167,3 +167,35 @@ def test_peak_is_per_device_when_megacore_is_off():
 def test_no_peak_on_cpu():
     assert flops.peak_flops_per_device(jax.devices("cpu")[0]) is None
     assert flops.peak_flops_per_device(_device("cpu", "cpu")) is None
+
+
+def test_teacher_forward_matches_compiled_matmuls():
+    """A CLIP-style teacher (ln_pre, projection of every token) compiled loop-free: its `dot` FLOPs equal our count."""
+    from mim_jax.models.teachers import TeacherViT, ViTArch
+    arch = ViTArch(256, 2, 4, 1024, 8, 4, positions="learned", ln_pre=True, proj_dim=96, patch_bias=False)
+    module = TeacherViT(arch, "final", jnp.float32, scan_unroll=arch.depth)
+    images = jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.float32)
+    params = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]
+    params = jax.tree.map(lambda b: b.value, params, is_leaf=lambda b: hasattr(b, "value"))
+    hlo = jax.jit(module.apply).lower({"params": params}, images).compile().as_text()
+    assert " while(" not in hlo
+    assert hlo_dot_flops(hlo) / BATCH == flops.teacher_forward_flops_per_example(arch, "final")
+    without_proj = flops.teacher_forward_flops_per_example(arch, "last_block")
+    assert flops.teacher_forward_flops_per_example(arch) - without_proj == 2 * 17 * 96 * 256
+
+
+def test_clip_teacher_step_by_hand():
+    """B/16 student with a CLIP B/16 teacher at 224: 3x the MAE forward with a 512-d prediction head, plus the
+    teacher's forward once (197 tokens, 12 blocks, projection of every token), from the built program."""
+    from mim_jax.configuration import base_config
+    from mim_jax.sharding import make_mesh
+    from mim_jax.train_step import build_program
+    c = base_config()
+    c.objective = "mae_teacher"
+    c.data.global_batch_size = 8
+    program = build_program(c, make_mesh(ml_collections.ConfigDict(dict(shape=(1, 1, 1))), jax.devices()[:1]))
+    s, d, m = 197, 768, 3072
+    teacher = 2 * 196 * 768 * d + 12 * (2 * (4 * d * d + 2 * d * m) * s + 4 * s * s * d) + 2 * s * 512 * d
+    student = b16_mae_by_hand() - 2 * 512 * 768 * s + 2 * 512 * 512 * s  # prediction head: 768 pixels -> 512
+    assert program.model.decoder.out_dim == 512
+    assert program.train_flops_per_step(c) == 8 * (3 * student + teacher)

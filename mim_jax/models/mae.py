@@ -68,7 +68,7 @@ class Decoder(nn.Module):
 
 
 class MAE(nn.Module):
-    """Encoder + decoder. `__call__(images, noise)` -> dict(pred [B, L, p*p*3], mask [B, L])."""
+    """Encoder + decoder. `__call__(images, noise)` -> dict(pred [B, L, out], pred_with_cls [B, 1+L, out], mask)."""
     encoder: Encoder
     decoder: Decoder
     mask_ratio: float = 0.75
@@ -78,14 +78,14 @@ class MAE(nn.Module):
         masking = random_masking(noise, self.mask_ratio)
         latent = self.encoder(images, keep_ids=masking["keep_ids"])
         pred = self.decoder(latent, masking["restore_ids"])
-        return {"pred": pred[:, 1:], "mask": masking["mask"]}
+        return {"pred": pred[:, 1:], "pred_with_cls": pred, "mask": masking["mask"]}
 
 
-def mae_from_config(model_cfg) -> MAE:
-    """Build an MAE from `config.model` (encoder dims, decoder dims, mask ratio, dtype, remat)."""
+def mae_from_config(model_cfg, out_dim: int = 0) -> MAE:
+    """Build an MAE from `config.model`; the decoder predicts `out_dim` per token (0: p*p*3 pixels)."""
     encoder = encoder_from_config(model_cfg)
     dec = model_cfg.decoder
     decoder = Decoder(width=dec.width, depth=dec.depth, heads=dec.heads, mlp_dim=dec.mlp_ratio * dec.width,
-                      grid_size=encoder.grid_size, out_dim=encoder.patch_size ** 2 * 3, remat=model_cfg.remat,
-                      dtype=encoder.dtype)
+                      grid_size=encoder.grid_size, out_dim=out_dim or encoder.patch_size ** 2 * 3,
+                      remat=model_cfg.remat, dtype=encoder.dtype)
     return MAE(encoder=encoder, decoder=decoder, mask_ratio=model_cfg.mask_ratio)

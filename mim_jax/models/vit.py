@@ -86,6 +86,7 @@ class PatchEmbed(nn.Module):
     width: int
     patch_size: int
     dtype: jnp.dtype = jnp.float32
+    use_bias: bool = True  # CLIP's conv1 has none
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -97,18 +98,33 @@ class PatchEmbed(nn.Module):
         kernel = self.param(
             "kernel", partitioned(xavier_uniform(in_axis=(0, 1, 2), out_axis=3), (None, None, None, "embed")),
             (p, p, c, self.width), jnp.float32)
-        bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (self.width,), jnp.float32)
         patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
         flat_kernel = kernel.reshape(p * p * c, self.width).astype(self.dtype)
+        if not self.use_bias:
+            return patches @ flat_kernel
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), (self.width,), jnp.float32)
         return patches @ flat_kernel + bias.astype(self.dtype)
 
 
+ACTIVATIONS = ("gelu", "quick_gelu")
+
+
+def activation_fn(name: str):
+    """Exact GELU (MAE, DINO) or QuickGELU x * sigmoid(1.702 x) (OpenAI CLIP)."""
+    if name == "gelu":
+        return lambda x: nn.gelu(x, approximate=False)
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    raise ConfigError(f"activation {name!r} is not supported; use one of {ACTIVATIONS}")
+
+
 class MlpBlock(nn.Module):
-    """Linear -> exact GELU -> Linear."""
+    """Linear -> activation (exact GELU by default) -> Linear."""
     width: int
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -119,7 +135,7 @@ class MlpBlock(nn.Module):
             bias_init=partitioned(nn.initializers.zeros, names[-1:]))
         x = dense(self.mlp_dim, ("embed", "mlp"), "fc1")(x)
         x = nn.with_logical_constraint(x, ("batch", "seq", "mlp"))
-        x = nn.gelu(x, approximate=False)
+        x = activation_fn(self.activation)(x)
         return dense(self.width, ("mlp", "embed"), "fc2")(x)
 
 
@@ -165,9 +181,9 @@ class Attention(nn.Module):
         return HeadsDense(self.heads, head_dim, self.width, False, 1.0, self.dtype, name="out")(out)
 
 
-def layer_norm(dtype, name: str) -> nn.LayerNorm:
-    """LayerNorm eps 1e-6 with logically named scale and bias."""
-    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name,
+def layer_norm(dtype, name: str, eps: float = LN_EPS) -> nn.LayerNorm:
+    """LayerNorm (eps 1e-6 unless given) with logically named scale and bias."""
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
                         scale_init=partitioned(nn.initializers.ones, ("embed",)),
                         bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
@@ -178,12 +194,15 @@ class Block(nn.Module):
     heads: int
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
+    ln_eps: float = LN_EPS
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array, _=None):
         """One block: x + attn(ln(x)); x + mlp(ln(x))."""
-        x = x + Attention(self.width, self.heads, self.dtype, name="attn")(layer_norm(self.dtype, "norm1")(x))
-        x = x + MlpBlock(self.width, self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
+        norm1, norm2 = layer_norm(self.dtype, "norm1", self.ln_eps), layer_norm(self.dtype, "norm2", self.ln_eps)
+        x = x + Attention(self.width, self.heads, self.dtype, name="attn")(norm1(x))
+        x = x + MlpBlock(self.width, self.mlp_dim, self.dtype, self.activation, name="mlp")(norm2(x))
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         return x, None
 
@@ -204,6 +223,8 @@ class BlockStack(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     scan_unroll: int = 1  # nn.scan's unroll; = depth gives a loop-free program (exact XLA cost analysis)
+    ln_eps: float = LN_EPS
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -214,7 +235,8 @@ class BlockStack(nn.Module):
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         length=self.depth, unroll=self.scan_unroll,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(self.width, self.heads, self.mlp_dim, self.dtype, name="layers")(x, None)
+        x, _ = stack(self.width, self.heads, self.mlp_dim, self.dtype, self.ln_eps, self.activation,
+                     name="layers")(x, None)
         return x
 
 
