@@ -124,7 +124,7 @@ def test_standalone_probe_equals_end_of_run_probe(finished_run, tmp_path):
     workdir, config = finished_run
     probe_cfg = load_config_file("configs/linear_probe.py")
     probe_cfg.init_from = workdir
-    probe_cfg.probe.update(config.evals.linear_probe.to_dict())
+    probe_cfg.eval.update(config.evals.linear_probe.to_dict())
     for random_init, name in ((False, "linear_probe"), (True, "linear_probe_random_init")):
         probe_cfg.random_init = random_init
         result = evaluate(probe_cfg, str(tmp_path))
