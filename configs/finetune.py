@@ -20,7 +20,7 @@ def get_config(arg: str = "model=B/16") -> ml_collections.ConfigDict:
     """Fine-tuning fields (config.eval) of the recipe for `arg`, plus where the encoder and data come from."""
     if arg == "demo":
         e = finetune_config("Ti/16")
-        e.update(dict(epochs=4, warmup_epochs=1, batch_size=256, base_lr=1e-3, layer_decay=0.75,
+        e.update(dict(epochs=3, warmup_epochs=1, batch_size=256, base_lr=1e-3, layer_decay=0.75,
                       eval_batch_size=500))
         return standalone_eval_config("finetune", e)
     if arg not in ARGS:
