@@ -1,11 +1,9 @@
 """Evaluator plumbing: validation loss vs the train-step loss, mesh independence, config and input errors."""
-import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_pretrain_config

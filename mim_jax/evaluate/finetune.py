@@ -248,6 +248,9 @@ def finetune_encoder(ctx, e) -> dict:
         state, metrics = train_step(state, global_batch(next(batches), ctx.mesh, ctx.rules), aug)
         if step % steps_per_epoch == 0 or step % CPU_SYNC_EVERY == 0:
             losses.append(float(jax.device_get(metrics["loss"])))
+        if step % steps_per_epoch == 0 and jax.process_index() == 0:
+            print(f"finetune epoch {step // steps_per_epoch}/{e.epochs} | step {step}/{total} | "
+                  f"loss {losses[-1]:.4f}", flush=True)
     eval_fn = make_eval_fn(model, ctx.mesh, ctx.rules)
     evaluate = functools.partial(evaluate_classifier, eval_fn, dataset_dir=ctx.dataset_dir, split=ctx.val_split,
                                  batch_size=e.eval_batch_size, image_size=model.encoder.image_size, mesh=ctx.mesh,
