@@ -1,5 +1,6 @@
-"""The quickstart run: a small MAE on the embedded 'shapes' dataset, ~6 minutes of pretraining on 2 CPU cores, then a
-linear probe of the pretrained encoder next to the same encoder at random init.
+"""The quickstart run: a small MAE on the embedded 'shapes' dataset, ~6 minutes of pretraining on 2 CPU cores, the
+validation reconstruction loss every 100 steps, then a linear probe, kNN and few-shot evaluation of the pretrained
+encoder next to the same encoder at random init (one feature extraction per model serves all three).
 
 Usage: python -m mim_jax.pretrain --config=configs/demo.py --workdir=workdirs/demo
 """
@@ -9,7 +10,7 @@ from mim_jax.configuration import base_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Tiny ViT (width 192, depth 4, patch 16) at 64 px on generated shapes; probe at the end."""
+    """Tiny ViT (width 192, depth 4, patch 16) at 64 px on generated shapes; evals during and at the end."""
     del arg
     c = base_config()
     c.total_steps = 500
@@ -42,4 +43,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # 256 the demo keeps a comparable lr instead of the linearly scaled 0.1.
     probe.base_lr = 10.0
     probe.max_train_examples = 10_000
+
+    for name in ("knn", "fewshot"):  # same features as the probe: extracted once per model
+        proxy = c.evals[name]
+        proxy.update(dict(at_end=True, random_init_baseline=True, pool=probe.pool,
+                          max_train_examples=probe.max_train_examples, feature_batch_size=probe.feature_batch_size))
+
+    c.evals.val_loss.every_steps = 100
+    c.evals.val_loss.max_examples = 1000
     return c

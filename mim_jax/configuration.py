@@ -78,8 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.plan = ml_collections.ConfigDict(dict(topology=""))  # TPU slice the config targets, e.g. v5p:8x8x4
 
-    c.evals = ml_collections.ConfigDict()
-    c.evals.linear_probe = probe_config()
+    c.evals = default_evals()
     c.teacher = teacher_config()
     return c
 
@@ -97,9 +96,7 @@ def teacher_config() -> ml_collections.ConfigDict:
 
 def probe_config() -> ml_collections.ConfigDict:
     """Linear-probe fields (MAE protocol: BN without affine + linear, LARS, blr 0.1, 90 epochs)."""
-    p = ml_collections.ConfigDict()
-    p.at_end = False                  # run after the last pretraining step -> evals/linear_probe.json
-    p.random_init_baseline = False    # also probe the same encoder at random init
+    p = eval_schedule("linear_probe")
     p.pool = "cls"                    # cls (MAE protocol) | mean (of patch tokens)
     p.epochs = 90
     p.warmup_epochs = 10
@@ -119,6 +116,100 @@ def subset_config() -> ml_collections.ConfigDict:
     s.num_classes = 0                 # classes: how many classes (nested across counts for one seed)
     s.seed = 0                        # subset seed (independent of the training seed)
     return s
+
+
+EVAL_TYPES = ("linear_probe", "knn", "fewshot", "recon_loss", "finetune")
+
+
+def eval_schedule(eval_type: str) -> ml_collections.ConfigDict:
+    """Fields every evaluator has: its type and when pretraining runs it (all off by default)."""
+    e = ml_collections.ConfigDict()
+    e.type = eval_type                # one of EVAL_TYPES
+    e.every_steps = 0                 # > 0: run every N pretraining steps (-> metrics.jsonl and evals/<name>.json)
+    e.at_end = False                  # run after the last pretraining step -> evals/<name>.json
+    e.random_init_baseline = False    # at the end, also evaluate the same model at its random init
+    return e
+
+
+def knn_config() -> ml_collections.ConfigDict:
+    """Weighted kNN on frozen features (DINO: cosine, k=20, T=0.07)."""
+    e = eval_schedule("knn")
+    e.pool = "cls"
+    e.k = 20
+    e.temperature = 0.07
+    e.max_train_examples = 0          # 0 = the whole train split is the neighbour bank
+    e.feature_batch_size = 256
+    return e
+
+
+def fewshot_config() -> ml_collections.ConfigDict:
+    """Closed-form ridge on n examples per class of frozen features, averaged over seeds."""
+    e = eval_schedule("fewshot")
+    e.pool = "cls"
+    e.shots = (1, 5, 10, 25)
+    e.seeds = (0, 1, 2)
+    e.l2_reg = 1.0                    # ridge penalty on l2-normalized features
+    e.max_train_examples = 0          # shots are drawn from the first N train records (0 = all)
+    e.feature_batch_size = 256
+    return e
+
+
+def recon_loss_config() -> ml_collections.ConfigDict:
+    """MAE loss on the val split with fixed (seeded, step-independent) masks and the eval transform."""
+    e = eval_schedule("recon_loss")
+    e.batch_size = 256
+    e.max_examples = 0                # 0 = the whole val split
+    e.mask_seed = 0
+    return e
+
+
+def finetune_config(variant: str = "B/16") -> ml_collections.ConfigDict:
+    """End-to-end fine-tuning, MAE recipe (He et al. 2022, Table 9) for the size of `variant`."""
+    large = variant not in ("Ti/16", "S/16", "B/16")
+    e = eval_schedule("finetune")
+    e.epochs = 50 if large else 100
+    e.warmup_epochs = 5
+    e.batch_size = 1024
+    e.base_lr = 1e-3 if large else 5e-4  # lr = base_lr * batch_size / 256
+    e.min_lr = 1e-6
+    e.weight_decay = 0.05
+    e.b1, e.b2 = 0.9, 0.999
+    e.layer_decay = 0.75 if large else 0.65
+    e.drop_path = 0.2 if variant.startswith("H/") else 0.1
+    e.label_smoothing = 0.1
+    e.mixup_alpha = 0.8
+    e.cutmix_alpha = 1.0
+    e.mixup_switch_prob = 0.5         # probability of cutmix when both are on (timm)
+    e.crop_scale = (0.08, 1.0)
+    e.random_erase_prob = 0.25
+    e.ema_decay = 0.0                 # > 0: also evaluate an EMA of the weights
+    e.eval_batch_size = 256
+    e.num_workers = 0                 # grain worker processes for the train pipeline
+    return e
+
+
+def default_evals() -> ml_collections.ConfigDict:
+    """config.evals: one entry per evaluator (name -> fields with `type`); none runs unless switched on."""
+    evals = ml_collections.ConfigDict()
+    evals.linear_probe = probe_config()
+    evals.knn = knn_config()
+    evals.fewshot = fewshot_config()
+    evals.val_loss = recon_loss_config()
+    return evals
+
+
+def standalone_eval_config(name: str, evaluator: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A `python -m mim_jax.evaluate` config: where the model and data come from, and one evaluator (`eval`)."""
+    c = ml_collections.ConfigDict()
+    c.name = name                     # -> WORKDIR/evals/<name>.json
+    c.init_from = ""                  # a pretraining workdir (latest step) or WORKDIR/checkpoints/<step>
+    c.random_init = False             # evaluate the run's model at its random init instead (a baseline)
+    c.seed = 0
+    c.data = base_config().data
+    c.data.source = "same_as_pretraining"  # or arrayrecord / synthetic with the fields below
+    c.mesh = base_config().mesh
+    c.eval = evaluator
+    return c
 
 
 def _require(ok: bool, field: str, value, fix: str) -> None:
@@ -215,6 +306,70 @@ def validate_teacher(teacher: ml_collections.ConfigDict, check_weights: bool = T
              teacher.weights, "no such file or directory; check the path")
 
 
+def _check_feature_eval(e: ml_collections.ConfigDict, prefix: str) -> None:
+    _require(e.pool in POOLS, f"{prefix}.pool", e.pool, f"use one of {POOLS}")
+    _require(isinstance(e.feature_batch_size, int) and e.feature_batch_size > 0, f"{prefix}.feature_batch_size",
+             e.feature_batch_size, "must be a positive integer")
+    _require(isinstance(e.max_train_examples, int) and e.max_train_examples >= 0, f"{prefix}.max_train_examples",
+             e.max_train_examples, "use 0 (all) or a positive count")
+
+
+def _check_positive(e: ml_collections.ConfigDict, prefix: str, names: tuple, integer: bool) -> None:
+    for name in names:
+        ok = isinstance(e[name], int) if integer else isinstance(e[name], (int, float))
+        _require(ok and e[name] > 0, f"{prefix}.{name}", e[name], "must be a positive " +
+                 ("integer" if integer else "number"))
+
+
+def validate_eval(e: ml_collections.ConfigDict, prefix: str) -> None:
+    """Check one evaluator's fields (by its `type`); `prefix` is where they live, e.g. evals.knn."""
+    _require(e.get("type") in EVAL_TYPES, f"{prefix}.type", e.get("type"), f"use one of {EVAL_TYPES}")
+    _require(isinstance(e.every_steps, int) and e.every_steps >= 0, f"{prefix}.every_steps", e.every_steps,
+             "use 0 (never periodically) or a positive step count")
+    if e.type == "linear_probe":
+        validate_probe(e, prefix)
+    elif e.type == "knn":
+        _check_feature_eval(e, prefix)
+        _check_positive(e, prefix, ("k",), integer=True)
+        _check_positive(e, prefix, ("temperature",), integer=False)
+    elif e.type == "fewshot":
+        _check_feature_eval(e, prefix)
+        _require(len(e.shots) > 0 and all(isinstance(n, int) and n > 0 for n in e.shots), f"{prefix}.shots",
+                 tuple(e.shots), "use positive shot counts, e.g. (1, 5, 10, 25)")
+        _require(len(e.seeds) > 0, f"{prefix}.seeds", tuple(e.seeds), "use at least one seed, e.g. (0, 1, 2)")
+        _check_positive(e, prefix, ("l2_reg",), integer=False)
+    elif e.type == "recon_loss":
+        _check_positive(e, prefix, ("batch_size",), integer=True)
+        _require(isinstance(e.max_examples, int) and e.max_examples >= 0, f"{prefix}.max_examples", e.max_examples,
+                 "use 0 (all) or a positive count")
+    else:
+        validate_finetune(e, prefix)
+
+
+def validate_finetune(e: ml_collections.ConfigDict, prefix: str) -> None:
+    """Check fine-tuning fields."""
+    _check_positive(e, prefix, ("epochs", "batch_size", "eval_batch_size"), integer=True)
+    _check_positive(e, prefix, ("base_lr",), integer=False)
+    _require(0 <= e.warmup_epochs <= e.epochs, f"{prefix}.warmup_epochs", e.warmup_epochs,
+             f"must lie in [0, {prefix}.epochs={e.epochs}]")
+    _require(0 < e.layer_decay <= 1, f"{prefix}.layer_decay", e.layer_decay, "must lie in (0, 1], e.g. 0.75")
+    for name in ("drop_path", "label_smoothing", "random_erase_prob", "ema_decay", "mixup_switch_prob"):
+        _require(0 <= e[name] < 1 or (name == "mixup_switch_prob" and e[name] == 1), f"{prefix}.{name}", e[name],
+                 "must lie in [0, 1)")
+    for name in ("mixup_alpha", "cutmix_alpha", "weight_decay", "min_lr"):
+        _require(e[name] >= 0, f"{prefix}.{name}", e[name], "must be >= 0")
+    lo, hi = e.crop_scale
+    _require(0 < lo <= hi <= 1, f"{prefix}.crop_scale", tuple(e.crop_scale), "needs 0 < min <= max <= 1")
+    _require(isinstance(e.num_workers, int) and e.num_workers >= 0, f"{prefix}.num_workers", e.num_workers,
+             "must be >= 0")
+
+
+def validate_evals(evals: ml_collections.ConfigDict) -> None:
+    """Check every entry of config.evals."""
+    for name in evals:
+        validate_eval(evals[name], f"evals.{name}")
+
+
 def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) -> None:
     """Validate a pretraining config; raises ConfigError naming the first bad field.
 
@@ -234,7 +389,7 @@ def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) ->
     _require(0 <= config.mesh.max_replicated_fraction <= 1, "mesh.max_replicated_fraction",
              config.mesh.max_replicated_fraction, "must lie in [0, 1], e.g. 0.02")
     _require(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps, "must be >= 0")
-    validate_probe(config.evals.linear_probe, "evals.linear_probe")
+    validate_evals(config.evals)
     validate_fault_tolerance(config)
 
 

@@ -1,9 +1,11 @@
-"""Optimizers: AdamW with MAE's weight-decay mask and a per-step warmup + cosine schedule."""
+"""Optimizers: AdamW with MAE's weight-decay mask and a per-step warmup + cosine schedule; layer-wise lr decay."""
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mim_jax.nonfinite import wrap_optimizer
@@ -48,3 +50,47 @@ def make_optimizer(optim_cfg, global_batch_size: int, total_steps: int) -> optax
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), adamw) \
         if optim_cfg.grad_clip_norm > 0 else adamw
     return wrap_optimizer(tx, optim_cfg.get("nonfinite", "stop"))  # runs saved before the field existed: stop
+
+
+# Layer-wise lr decay (BEiT / MAE fine-tuning): layer id 0 for the embeddings, i + 1 for block i, depth + 1 for the
+# rest (final norms, head); a parameter's lr is scaled by decay ** (depth + 1 - id).
+EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
+STACKED_LAYERS_NAME = "layers"   # scanned blocks: leaves carry a leading [depth] axis, row i = block i
+NO_DECAY_FINETUNE_NAMES = NO_DECAY_NAMES + ("cls_token", "pos_embed")
+
+
+def _path_names(path) -> list[str]:
+    return [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+
+
+def layer_decay_scales(params: Any, depth: int, decay: float) -> Any:
+    """Per-leaf lr multipliers: scalars, or [depth, 1, ...] rows for scanned block leaves."""
+    def scale(path, leaf):
+        names = _path_names(path)
+        if STACKED_LAYERS_NAME in names:
+            rows = decay ** (depth - np.arange(depth, dtype=np.float64))  # block i: id i + 1
+            return jnp.asarray(rows.reshape((depth,) + (1,) * (len(leaf.shape) - 1)), jnp.float32)
+        layer_id = 0 if any(n in EMBEDDING_NAMES for n in names) else depth + 1
+        return jnp.asarray(decay ** (depth + 1 - layer_id), jnp.float32)
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    """Multiply each update leaf by the matching (broadcastable) leaf of `scales`; stateless."""
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def finetune_decay_mask(params: Any) -> Any:
+    """True for leaves with weight decay in MAE fine-tuning: not biases, norms, cls_token or pos_embed."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not set(_path_names(path)[-1:]) & set(NO_DECAY_FINETUNE_NAMES), params)
+
+
+def finetune_optimizer(schedule: optax.Schedule, scales: Any, b1: float, b2: float,
+                       weight_decay: float) -> optax.GradientTransformation:
+    """AdamW (MAE fine-tuning decay mask) whose whole step, weight decay included, is scaled per layer."""
+    return optax.chain(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=finetune_decay_mask),
+                       scale_by_tree(scales))

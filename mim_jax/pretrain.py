@@ -15,7 +15,8 @@ from mim_jax import workdir as run_dirs
 from mim_jax.cli_flags import run_cli
 from mim_jax.data import pipeline, subsets
 from mim_jax.data.sources import resolve_dataset_dir
-from mim_jax.evaluate.probe_run import probe_encoder, write_eval
+from mim_jax.evaluate.in_training import RANDOM_INIT_SUFFIX, TrainingEvals
+from mim_jax.evaluate.evaluators import headline
 from mim_jax.models.mae import MAE
 from mim_jax.nonfinite import NonFiniteError, NonFiniteWatch
 from mim_jax.run_log import RunLog
@@ -69,6 +70,7 @@ def train(config, workdir: str) -> dict:
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=program.train_flops_per_step(config),
                  peak_flops=total_peak_flops(mesh))
     meta = {"signature": checkpoints.model_signature(config)}
+    evals = TrainingEvals(config, model, dataset_dir, workdir, mesh, rules, log)
     on_cpu = jax.devices()[0].platform == "cpu"
     nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
     row = {}
@@ -88,10 +90,11 @@ def train(config, workdir: str) -> dict:
                     checkpoints.save(manager, step, state, {**meta, "step": step}, force=step == total or preempted)
                 if preempted:
                     raise preemption.Preempted(step)
+                evals.periodic(step, state.params)
         finally:
             manager.wait_until_finished()
             log.close()
-    run_end_evals(config, model, state.params, dataset_dir, workdir, mesh, rules)
+    run_end_evals(config, evals, state.params, mesh, rules)
     return row
 
 
@@ -103,35 +106,24 @@ def frozen_teacher_params(config, program: Program) -> tuple:
     return (load_teacher_params(config.teacher, program.teacher, program.mesh, program.rules),)
 
 
-def random_init_encoder_params(config, model: MAE, mesh, rules):
-    """The encoder parameters this run started from (same seed, same init)."""
+def random_init_params(config, model: MAE, mesh, rules):
+    """The parameters this run started from (same seed, same init)."""
     tx = optim.make_optimizer(config.optim, config.data.global_batch_size, config.total_steps)
     state, _ = create_train_state(model, tx, mesh, rules, config.seed)
-    return state.params["encoder"]
+    return state.params
 
 
-def run_end_evals(config, model: MAE, params, dataset_dir: str, workdir: str, mesh, rules) -> None:
-    """Linear probe of the final encoder (and of its random init) when config.evals asks for it."""
-    probe_cfg = config.evals.linear_probe
-    if not probe_cfg.at_end:
-        return
-    runs = [("linear_probe", params["encoder"])]
-    if probe_cfg.random_init_baseline:
-        runs.append(("linear_probe_random_init", random_init_encoder_params(config, model, mesh, rules)))
-    results = {}
-    for name, encoder_params in runs:
-        result = probe_encoder(model.encoder, encoder_params, dataset_dir, config.data.train_split,
-                               config.data.val_split, probe_cfg, mesh, rules, config.seed)
-        result["step"] = config.total_steps if name == "linear_probe" else 0
-        path = write_eval(workdir, name, result)
-        results[name] = result
-        if jax.process_index() == 0:  # every process computes the same probe; one reports it
-            print(f"{name}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} "
-                  f"({result['num_val']} val images, {result['seconds']}s) -> {path}", flush=True)
-    if len(results) == 2 and jax.process_index() == 0:
-        gain = results["linear_probe"]["top1"] - results["linear_probe_random_init"]["top1"]
-        print(f"linear probe top-1: pretrained {results['linear_probe']['top1']:.2%} vs random init "
-              f"{results['linear_probe_random_init']['top1']:.2%} ({gain * 100:+.1f} points)", flush=True)
+def run_end_evals(config, evals: TrainingEvals, params, mesh, rules) -> dict:
+    """The at_end evaluators of config.evals on the final model (and at random init where asked)."""
+    results = evals.at_end(config.total_steps, params, lambda: random_init_params(config, evals.model, mesh, rules))
+    for name in config.evals:
+        if name + RANDOM_INIT_SUFFIX in results and jax.process_index() == 0:
+            eval_type = config.evals[name].type
+            base = headline(eval_type, results[name + RANDOM_INIT_SUFFIX])
+            for key, value in headline(eval_type, results[name]).items():
+                print(f"{name} {key}: pretrained {value:.4f} vs random init {base[key]:.4f} "
+                      f"({value - base[key]:+.4f})", flush=True)
+    return results
 
 
 def train_cli(config, workdir: str) -> int:

@@ -1,6 +1,8 @@
 """Load a pretraining run's model and weights (latest or a given step) for evaluation and inspection."""
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -36,6 +38,30 @@ def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[An
     if step is None or step not in manager.all_steps():
         raise ConfigError(f"init_from={init_from!r}: no complete checkpoint found "
                           f"(available steps: {list(manager.all_steps())})")
+    check_has_encoder(run_dir, step, init_from)
     abstract, _ = abstract_train_state(model, tx, mesh, rules)
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     return run_cfg, model, state.params, step
+
+
+def saved_param_groups(run_dir: str, step: int) -> list[str]:
+    """Top-level names under `params` in the saved train state of RUN_DIR/checkpoints/<step> (read from metadata)."""
+    path = os.path.join(run_dir, checkpoints.CHECKPOINT_DIR, str(step), "state")
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that this item has no step-level metadata file
+    try:
+        tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    finally:
+        absl_logger.setLevel(level)
+    params = tree.get("params") if isinstance(tree, dict) else None
+    return sorted(params) if isinstance(params, dict) else []
+
+
+def check_has_encoder(run_dir: str, step: int, init_from: str) -> None:
+    """A clear error when the checkpoint holds no encoder parameters (e.g. a decoder- or head-only save)."""
+    groups = saved_param_groups(run_dir, step)
+    if "encoder" not in groups:
+        raise ConfigError(f"init_from={init_from!r}: checkpoint step {step} has no encoder parameters "
+                          f"(params holds {groups or 'nothing'}); point init_from at a pretraining run whose "
+                          f"checkpoints contain params/encoder")

@@ -80,8 +80,19 @@ class RunLog:
                   flush=True)
         return row
 
+    def write_eval(self, step: int, scalars: dict) -> dict:
+        """Append {'step', **scalars} of an evaluation (a row without 'loss') to metrics.jsonl and TensorBoard."""
+        row = {"step": step, **scalars}
+        if self.enabled:
+            run_dirs.append_text(self.path, json.dumps(row) + "\n")
+            if self._writer is not None:
+                self._writer.write_scalars(step, scalars)
+        self._last_time = time.perf_counter()  # evaluation time does not count against training throughput
+        return row
+
     def close(self) -> None:
         """Flush TensorBoard events."""
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
+

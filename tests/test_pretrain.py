@@ -15,9 +15,11 @@ from mim_jax import preemption, pretrain
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def read_metrics(workdir):
+def read_metrics(workdir, train_only=True):
+    """metrics.jsonl rows; by default only train-step rows (evaluation rows carry no 'loss')."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if "loss" in r] if train_only else rows
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,9 @@ def finished_run(tiny_dataset, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("run"))
     config = tiny_pretrain_config(tiny_dataset)
     config.evals.linear_probe.update(dict(at_end=True, random_init_baseline=True))
+    config.evals.knn.update(dict(at_end=True, random_init_baseline=True, k=5))  # shares the probe's features
+    config.evals.fewshot.update(dict(at_end=True, shots=(1, 3)))
+    config.evals.val_loss.every_steps = 3
     pretrain.train(config, workdir)
     return workdir, config
 
@@ -39,10 +44,18 @@ def test_workdir_contract(finished_run):
     assert saved["model"]["width"] == 32 and saved["data"]["global_batch_size"] == 16
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
-    for name in ("linear_probe", "linear_probe_random_init"):
+    for name in ("linear_probe", "linear_probe_random_init", "knn", "knn_random_init"):
         result = json.load(open(os.path.join(workdir, "evals", f"{name}.json")))
         assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
         assert result["num_val"] == 40
+    fewshot = json.load(open(os.path.join(workdir, "evals", "fewshot.json")))
+    assert len(fewshot["3shot_top1_per_seed"]) == 3 and not os.path.exists(os.path.join(workdir, "evals",
+                                                                                        "fewshot_random_init.json"))
+    # The validation loss runs every 3 steps: rows without 'loss' in metrics.jsonl, the last one in evals/.
+    val_rows = [r for r in read_metrics(workdir, train_only=False) if "loss" not in r]
+    assert [(r["step"], sorted(r)) for r in val_rows] == [(3, ["step", "val_loss"]), (6, ["step", "val_loss"])]
+    val_loss = json.load(open(os.path.join(workdir, "evals", "val_loss.json")))
+    assert val_loss["step"] == 6 and val_loss["loss"] == val_rows[-1]["val_loss"] and val_loss["num_examples"] == 40
 
 
 def test_resume_from_checkpoint_reproduces_losses(finished_run, tmp_path):
@@ -51,8 +64,11 @@ def test_resume_from_checkpoint_reproduces_losses(finished_run, tmp_path):
     shutil.copytree(workdir, resumed)
     shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))  # as if killed between steps 3 and 6
     shutil.rmtree(os.path.join(resumed, "evals"))
-    config.evals.linear_probe.at_end = False
+    for name in ("linear_probe", "knn", "fewshot"):
+        config.evals[name].at_end = False
     pretrain.train(config, resumed)
+    rows = read_metrics(resumed, train_only=False)
+    assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]  # step 3's row kept, step 6 re-evaluated
     assert [r["loss"] for r in read_metrics(resumed)] == [r["loss"] for r in read_metrics(workdir)]
 
 
@@ -201,17 +217,24 @@ def test_workdir_that_is_a_file(tmp_path):
     assert path.read_text() == "x"
 
 
-def test_standalone_probe_equals_end_of_run_probe(finished_run, tmp_path):
+def test_standalone_evals_equal_end_of_run_evals(finished_run, tmp_path):
     from mim_jax.cli_flags import load_config_file
     from mim_jax.evaluate.__main__ import evaluate
     workdir, config = finished_run
-    probe_cfg = load_config_file("configs/linear_probe.py")
-    probe_cfg.init_from = workdir
-    probe_cfg.probe.update(config.evals.linear_probe.to_dict())
-    for random_init, name in ((False, "linear_probe"), (True, "linear_probe_random_init")):
-        probe_cfg.random_init = random_init
-        result = evaluate(probe_cfg, str(tmp_path))
-        in_run = json.load(open(os.path.join(workdir, "evals", f"{name}.json")))
-        assert (result["top1"], result["top5"]) == (in_run["top1"], in_run["top5"])
-        assert result["step"] == (0 if random_init else 6)
-    assert os.path.isfile(tmp_path / "evals" / "linear_probe.json")
+    for eval_name, keys in (("linear_probe", ("top1", "top5")), ("knn", ("top1", "top5"))):
+        eval_cfg = load_config_file(f"configs/{eval_name}.py")
+        eval_cfg.init_from = workdir
+        eval_cfg.eval.update(config.evals[eval_name].to_dict())
+        baselines = ((False, eval_name), (True, f"{eval_name}_random_init"))
+        for random_init, name in baselines if eval_name == "linear_probe" else baselines[:1]:
+            eval_cfg.random_init = random_init
+            result = evaluate(eval_cfg, str(tmp_path))
+            in_run = json.load(open(os.path.join(workdir, "evals", f"{name}.json")))
+            assert [result[k] for k in keys] == [in_run[k] for k in keys]
+            assert result["step"] == (0 if random_init else 6)
+        assert os.path.isfile(tmp_path / "evals" / f"{eval_name}.json")
+    loss_cfg = load_config_file("configs/recon_loss.py")
+    loss_cfg.init_from = workdir
+    result = evaluate(loss_cfg, str(tmp_path))
+    assert result["loss"] == pytest.approx(json.load(open(os.path.join(workdir, "evals", "val_loss.json")))["loss"],
+                                           rel=1e-6)

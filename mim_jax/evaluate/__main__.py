@@ -1,9 +1,7 @@
-"""Evaluate a pretrained encoder: python -m mim_jax.evaluate --config=configs/linear_probe.py
---config.init_from=PRETRAIN_WORKDIR[/checkpoints/STEP] --workdir=DIR  ->  DIR/evals/<name>.json
+"""Evaluate a pretrained model: python -m mim_jax.evaluate --config=configs/{linear_probe,knn,fewshot,recon_loss,
+finetune}.py --config.init_from=PRETRAIN_WORKDIR[/checkpoints/STEP] --workdir=DIR  ->  DIR/evals/<name>.json
 """
 from __future__ import annotations
-
-
 
 import jax
 
@@ -11,16 +9,16 @@ from mim_jax import configuration, distributed
 from mim_jax.cli_flags import run_cli
 from mim_jax.configuration import ConfigError
 from mim_jax.data.sources import resolve_dataset_dir
-from mim_jax.evaluate.probe_run import probe_encoder, write_eval
+from mim_jax.evaluate.evaluators import EvalContext, describe, run_evaluator
+from mim_jax.evaluate.results import write_eval
 from mim_jax.pretrained import load_run
 from mim_jax.sharding import logical_rules, make_mesh
 
 
-
 def evaluate(config, workdir: str) -> dict:
-    """Run the configured evaluation and write WORKDIR/evals/<config.name>.json."""
+    """Run the configured evaluator (config.eval) and write WORKDIR/evals/<config.name>.json."""
     distributed.initialize()
-    configuration.validate_probe(config.probe, "probe")
+    configuration.validate_eval(config.eval, "eval")
     workdir = configuration.check_workdir(workdir)
     if not config.init_from:
         raise ConfigError("init_from is empty; pass --config.init_from=PRETRAIN_WORKDIR")
@@ -28,13 +26,13 @@ def evaluate(config, workdir: str) -> dict:
     rules = logical_rules(config.mesh)
     run_cfg, model, params, step = load_run(config.init_from, mesh, rules, config.random_init)
     data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
-    dataset_dir = resolve_dataset_dir(data_cfg)
-    result = probe_encoder(model.encoder, params["encoder"], dataset_dir, data_cfg.train_split, data_cfg.val_split,
-                           config.probe, mesh, rules, config.seed)
+    ctx = EvalContext(model, params, resolve_dataset_dir(data_cfg), data_cfg.train_split, data_cfg.val_split, mesh,
+                      rules, config.seed, run_cfg.model.norm_pix_loss)
+    result = run_evaluator(ctx, config.eval)
     result.update(step=step, init_from=config.init_from)
     path = write_eval(workdir, config.name, result)
     if jax.process_index() == 0:
-        print(f"{config.name}: top1 {result['top1']:.4f} top5 {result['top5']:.4f} (step {step}) -> {path}", flush=True)
+        print(f"{describe(config.name, config.eval.type, result)} (step {step}) -> {path}", flush=True)
     return result
 
 

@@ -188,21 +188,30 @@ def layer_norm(dtype, name: str, eps: float = LN_EPS) -> nn.LayerNorm:
                         bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
 
+def drop_path(x: jax.Array, rate: jax.Array, rng: jax.Array) -> jax.Array:
+    """Stochastic depth: zero each sample's residual branch with probability `rate`, scale the rest by 1/(1-rate)."""
+    keep_prob = 1.0 - rate
+    keep = jax.random.uniform(rng, (x.shape[0],) + (1,) * (x.ndim - 1)) < keep_prob
+    return jnp.where(keep, x / keep_prob.astype(x.dtype), jnp.zeros_like(x))
+
+
 class Block(nn.Module):
-    """Pre-LN transformer block; the (carry, None) signature lets nn.scan stack it."""
+    """Pre-LN transformer block; the (carry, drop-path rate) signature lets nn.scan stack it."""
     width: int
     heads: int
     mlp_dim: int
     dtype: jnp.dtype = jnp.float32
     ln_eps: float = LN_EPS
     activation: str = "gelu"
+    use_drop_path: bool = False       # True: `rate` (this layer's drop-path rate) applies, with the 'dropout' rng
 
     @nn.compact
-    def __call__(self, x: jax.Array, _=None):
-        """One block: x + attn(ln(x)); x + mlp(ln(x))."""
+    def __call__(self, x: jax.Array, rate=None):
+        """One block: x + attn(ln(x)); x + mlp(ln(x)) (residual branches dropped per sample at `rate`)."""
+        branch = lambda y: drop_path(y, rate, self.make_rng("dropout")) if self.use_drop_path else y
         norm1, norm2 = layer_norm(self.dtype, "norm1", self.ln_eps), layer_norm(self.dtype, "norm2", self.ln_eps)
-        x = x + Attention(self.width, self.heads, self.dtype, name="attn")(norm1(x))
-        x = x + MlpBlock(self.width, self.mlp_dim, self.dtype, self.activation, name="mlp")(norm2(x))
+        x = x + branch(Attention(self.width, self.heads, self.dtype, name="attn")(norm1(x)))
+        x = x + branch(MlpBlock(self.width, self.mlp_dim, self.dtype, self.activation, name="mlp")(norm2(x)))
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         return x, None
 
@@ -225,18 +234,21 @@ class BlockStack(nn.Module):
     scan_unroll: int = 1  # nn.scan's unroll; = depth gives a loop-free program (exact XLA cost analysis)
     ln_eps: float = LN_EPS
     activation: str = "gelu"
+    drop_path_rate: float = 0.0  # stochastic depth of the last block (linear from 0 at the first, as in timm)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Run all blocks over [B, T, D] tokens."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Run all blocks over [B, T, D] tokens; drop path only when `train` and drop_path_rate > 0."""
         block = Block
         if self.remat != "none":
             block = nn.remat(Block, policy=_remat_policy(self.remat), prevent_cse=False)
-        stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+        use_drop_path = train and self.drop_path_rate > 0
+        stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                         length=self.depth, unroll=self.scan_unroll,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(self.width, self.heads, self.mlp_dim, self.dtype, self.ln_eps, self.activation,
-                     name="layers")(x, None)
+        rates = jnp.linspace(0.0, self.drop_path_rate, self.depth) if use_drop_path else None
+        x, _ = stack(self.width, self.heads, self.mlp_dim, self.dtype, self.ln_eps, self.activation, use_drop_path,
+                     name="layers")(x, rates)
         return x
 
 
@@ -251,6 +263,8 @@ class Encoder(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     scan_unroll: int = 1  # passed to BlockStack
+    drop_path_rate: float = 0.0  # stochastic depth (fine-tuning); 0 leaves pretraining unchanged
+    final_norm: bool = True  # False: return the un-normed tokens (MAE fine-tuning's global pool + fc_norm)
 
     @property
     def grid_size(self) -> int:
@@ -258,7 +272,7 @@ class Encoder(nn.Module):
         return self.image_size // self.patch_size
 
     @nn.compact
-    def __call__(self, images: jax.Array, keep_ids: Optional[jax.Array] = None) -> jax.Array:
+    def __call__(self, images: jax.Array, keep_ids: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
         """[B, H, W, C] -> [B, 1 + T, D] after the final norm; T = N, or keep_ids.shape[1] when given."""
         x = PatchEmbed(self.width, self.patch_size, self.dtype, name="patch_embed")(images)
         pos = jnp.asarray(sincos_2d(self.width, self.grid_size), self.dtype)
@@ -271,8 +285,8 @@ class Encoder(nn.Module):
         x = jnp.concatenate([cls, x], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype,
-                       scan_unroll=self.scan_unroll, name="blocks")(x)
-        return layer_norm(self.dtype, "norm")(x)
+                       scan_unroll=self.scan_unroll, drop_path_rate=self.drop_path_rate, name="blocks")(x, train)
+        return layer_norm(self.dtype, "norm")(x) if self.final_norm else x
 
 
 def encoder_from_config(model_cfg) -> Encoder:
