@@ -27,7 +27,7 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10"],
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
-        "convert": ["torch==2.13.0", "safetensors>=0.4,<1", "transformers>=4.40"],
+        "convert": ["torch==2.13.0", "safetensors>=0.4,<1", "transformers>=4.40,<6"],
     },
     entry_points={
         "console_scripts": [

@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 
 from mim_jax.errors import ConfigError  # noqa: E402
 from mim_jax.launch_check import check_job, describe_mesh, load_pretrain_config, pretrain_flag, \
-    split_at_dashes  # noqa: E402
+    run_launcher, split_at_dashes  # noqa: E402
 
 JOB_BODY = os.path.join(REPO, "launch", "slurm.sbatch")
 TIME_RE = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
@@ -113,12 +113,7 @@ def submit(args: argparse.Namespace, out=None, runner: Callable = subprocess.run
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return submit(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_launcher(parse_args, submit, argv)
 
 
 if __name__ == "__main__":

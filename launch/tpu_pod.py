@@ -39,7 +39,7 @@ sys.path.insert(0, REPO)
 
 from mim_jax.errors import ConfigError  # noqa: E402
 from mim_jax.launch_check import check_job, describe_mesh, load_pretrain_config, pretrain_flag, \
-    split_at_dashes  # noqa: E402
+    run_launcher, split_at_dashes  # noqa: E402
 from mim_jax.tpu_slices import Slice, parse_accelerator_type, slice_for_topology  # noqa: E402
 
 PREEMPTED_EXIT_CODE = 75  # mim_jax.preemption.PREEMPTED_EXIT_CODE
@@ -216,12 +216,7 @@ def launch(args: argparse.Namespace, out=None, runner: Callable = subprocess.run
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return launch(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_launcher(parse_args, launch, argv)
 
 
 if __name__ == "__main__":

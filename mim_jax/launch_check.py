@@ -9,7 +9,8 @@ here, before a slice is rented or a job queued.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import sys
+from typing import Callable, Optional, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -79,3 +80,13 @@ def check_job(config, num_devices: int, num_processes: int, job: str) -> tuple[i
 def describe_mesh(shape: Sequence[int]) -> str:
     """'data=2 x fsdp=8 x tensor=1 (16 devices)'."""
     return " x ".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape)) + f" ({math.prod(shape)} devices)"
+
+
+def run_launcher(parse_args: Callable, action: Callable, argv: Optional[Sequence[str]]) -> int:
+    """A launcher's main: parse `argv` (default sys.argv), run `action(args)`; a ConfigError is one line, exit 2."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return action(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -13,9 +13,8 @@ import time
 import jax
 import pytest
 
-from conftest import tiny_pretrain_config
+from conftest import tiny_pretrain_config, write_config_file
 from mim_jax import distributed
-from mim_jax.configuration import base_config
 from mim_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,27 +161,7 @@ def tiny_config_file(path: str, dataset_dir: str) -> str:
     config.optim.min_lr = config.optim.base_lr * config.data.global_batch_size / 256
     config.ckpt.every_steps = 3
     config.evals.linear_probe.at_end = False
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-    base, wanted = flat(base_config().to_dict()), flat(config.to_dict())
-    overrides = {k: v for k, v in wanted.items() if base.get(k) != v}
-    with open(path, "w") as f:
-        f.write("from mim_jax.configuration import base_config\n\n"
-                f"OVERRIDES = {overrides!r}\n\n\n"
-                "def get_config():\n"
-                "    c = base_config()\n"
-                "    for key, value in OVERRIDES.items():\n"
-                "        *parents, leaf = key.split('.')\n"
-                "        node = c\n"
-                "        for p in parents:\n"
-                "            node = node[p]\n"
-                "        node[leaf] = value\n"
-                "    return c\n")
-    return path
+    return write_config_file(path, config)
 
 
 def subprocess_env(devices: int, cache_dir: str) -> dict:
