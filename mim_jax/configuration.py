@@ -390,6 +390,11 @@ def validate(config: ml_collections.ConfigDict, check_data_path: bool = True) ->
              config.mesh.max_replicated_fraction, "must lie in [0, 1], e.g. 0.02")
     _require(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps, "must be >= 0")
     validate_evals(config.evals)
+    if config.objective == "mae_teacher":
+        for name, e in config.evals.items():
+            _require(e.type != "recon_loss" or not (e.every_steps or e.at_end), f"evals.{name}.every_steps",
+                     e.every_steps, "the validation reconstruction loss is the pixel MAE loss, which a teacher-target "
+                     f"run does not train; set --config.evals.{name}.every_steps=0 (and at_end=false)")
     validate_fault_tolerance(config)
 
 

@@ -114,3 +114,14 @@ def test_subset_defaults_to_all_data_and_valid_kinds_pass():
                    dict(kind="balanced", fraction=0.1), dict(kind="classes", num_classes=100)):
         config.data.subset.update(dict(kind="all", count=0, fraction=0.0, num_classes=0) | subset)
         configuration.validate(config)
+
+
+def test_teacher_runs_refuse_the_pixel_validation_loss():
+    config = configuration.base_config()
+    config.objective = "mae_teacher"
+    config.teacher.type = "mae_run"
+    config.evals.val_loss.every_steps = 100
+    with pytest.raises(ConfigError, match="evals.val_loss.every_steps=100: the validation reconstruction loss"):
+        configuration.validate(config, check_data_path=False)
+    config.evals.val_loss.every_steps = 0
+    configuration.validate(config, check_data_path=False)
