@@ -403,9 +403,12 @@ def validate_fault_tolerance(config: ml_collections.ConfigDict) -> None:
     _require(config.optim.nonfinite in NONFINITE_POLICIES, "optim.nonfinite", config.optim.nonfinite,
              f"use one of {NONFINITE_POLICIES}")
     _positive_int(config, "optim.max_consecutive_skips")
-    for field, value in (("ckpt.resume_from", config.ckpt.resume_from), ("init_from", config.init_from)):
-        _require(not value or run_dirs.is_dir(run_dirs.resolve(value)), field, value,
-                 "is not a directory; pass a pretraining workdir or WORKDIR/checkpoints/<step>, or leave it empty")
+    _require(not config.ckpt.resume_from or run_dirs.is_dir(run_dirs.resolve(config.ckpt.resume_from)),
+             "ckpt.resume_from", config.ckpt.resume_from,
+             "is not a directory; pass a pretraining workdir or WORKDIR/checkpoints/<step>, or leave it empty")
+    _require(not config.init_from or run_dirs.exists(run_dirs.resolve(config.init_from)), "init_from",
+             config.init_from, "does not exist; pass a pretraining workdir, WORKDIR/checkpoints/<step>, or a weights "
+             "file python -m mim_jax.convert reads (.pth / .safetensors), or leave it empty")
 
 
 def check_workdir(workdir: str) -> str:

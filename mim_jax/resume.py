@@ -8,12 +8,14 @@
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 from flax import traverse_util
 
 from mim_jax import checkpoints
+from mim_jax import workdir as run_dirs
 from mim_jax.errors import ConfigError
 from mim_jax.train_step import Program, create_train_state
 
@@ -79,10 +81,23 @@ def format_report(report: dict, limit: int = 5) -> str:
             f"unexpected {len(report['unexpected'])}{names(report['unexpected'])} parameter arrays")
 
 
+def init_source(init_from: str, program: Program) -> tuple[Any, Any]:
+    """(params, step) of init_from: a run dir / RUN/checkpoints/<step>, or a weights file mim_jax.convert reads.
+
+    A file (official MAE / MAWS / DINO / CLIP .pth or .safetensors, timm export, mim_jax format) gives
+    {'encoder'[, 'decoder']} on the host; its step is reported as 'file'.
+    """
+    if run_dirs.is_remote(init_from) or not os.path.isfile(os.path.expanduser(init_from)):
+        from mim_jax.pretrained import load_run  # imports the evaluation model loader only when used
+        _, _, source, step = load_run(init_from, program.mesh, program.rules)
+        return source, step
+    from mim_jax.convert.__main__ import load_any  # torch / safetensors only when a file is imported
+    return load_any(init_from)[2], "file"
+
+
 def init_weights(config, program: Program, state: Any) -> tuple[Any, dict]:
     """`state` with the weights of config.init_from loaded into config.init_from_subtree -> (state, report)."""
-    from mim_jax.pretrained import load_run  # imports the evaluation model loader only when used
-    _, _, source, step = load_run(config.init_from, program.mesh, program.rules)
+    source, step = init_source(config.init_from, program)
     params, report = merge_weights(state.params, source, config.init_from_subtree, program.shardings.params)
     report["step"] = step
     say(f"Initializing weights from {config.init_from} (step {step}, subtree "

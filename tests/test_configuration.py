@@ -55,7 +55,7 @@ def test_unknown_recipe_is_named():
     ("evals.linear_probe.pool", "max", "evals.linear_probe.pool='max'"),
     ("optim.nonfinite", "ignore", "optim.nonfinite='ignore': use one of ('stop', 'skip')"),
     ("optim.max_consecutive_skips", 0, "optim.max_consecutive_skips=0: must be a positive integer"),
-    ("init_from", "/nonexistent/run", "init_from='/nonexistent/run': is not a directory"),
+    ("init_from", "/nonexistent/run", "init_from='/nonexistent/run': does not exist"),
     ("ckpt.resume_from", "/nonexistent/run", "ckpt.resume_from='/nonexistent/run': is not a directory"),
 ])
 def test_validation_names_the_field(field, value, message):

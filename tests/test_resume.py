@@ -54,6 +54,23 @@ def test_init_from_loads_the_encoder_only(source_run, tmp_path, capsys):
     assert "Starting from scratch" in out
 
 
+def test_init_from_a_converted_weights_file(source_run, tmp_path, capsys):
+    """init_from also takes a weights file mim_jax.convert reads (here the mim_jax format of the source encoder)."""
+    from mim_jax.convert.native import save_native
+    from mim_jax.models.teachers import encoder_arch
+    _, source = source_run
+    config = tiny_pretrain_config("unused")
+    path = str(tmp_path / "encoder.safetensors")
+    save_native({"encoder": jax.device_get(source["encoder"])}, encoder_arch(config.model), path)
+    config.init_from = path
+    step, state = start(config, str(tmp_path / "new"))
+    assert step == 0
+    assert_trees_equal(state.params["encoder"], source["encoder"])
+    n = len(flat(source["encoder"]))
+    assert f"Initializing weights from {path} (step file, subtree 'encoder'): loaded {n}, missing 0, " \
+           f"unexpected 0 parameter arrays" in capsys.readouterr().out
+
+
 def test_init_from_reports_missing_and_unexpected_keys():
     params = {"encoder": {"a": np.zeros(2), "b": np.zeros(3)}}
     source = {"encoder": {"a": np.ones(2), "c": np.ones(1)}, "decoder": {"x": np.ones(1)}}
