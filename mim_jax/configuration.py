@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from mim_jax import workdir as run_dirs
+from mim_jax.data import randaugment
 from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from mim_jax.models.teachers import FEATURES
 from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
@@ -181,6 +182,7 @@ def finetune_config(variant: str = "B/16") -> ml_collections.ConfigDict:
     e.cutmix_alpha = 1.0
     e.mixup_switch_prob = 0.5         # probability of cutmix when both are on (timm)
     e.crop_scale = (0.08, 1.0)
+    e.auto_augment = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec on the host after crop + flip; "" = off
     e.random_erase_prob = 0.25
     e.ema_decay = 0.0                 # > 0: also evaluate an EMA of the weights
     e.eval_batch_size = 256
@@ -362,6 +364,7 @@ def validate_finetune(e: ml_collections.ConfigDict, prefix: str) -> None:
     _require(0 < lo <= hi <= 1, f"{prefix}.crop_scale", tuple(e.crop_scale), "needs 0 < min <= max <= 1")
     _require(isinstance(e.num_workers, int) and e.num_workers >= 0, f"{prefix}.num_workers", e.num_workers,
              "must be >= 0")
+    randaugment.parse_spec(e.auto_augment, f"{prefix}.auto_augment")
 
 
 def validate_evals(evals: ml_collections.ConfigDict) -> None:

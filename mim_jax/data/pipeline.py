@@ -23,7 +23,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from mim_jax.data import records, sources, subsets, transforms
+from mim_jax.data import randaugment, records, sources, subsets, transforms
 
 Batch = dict[str, np.ndarray]
 Element = bytes | dict[str, Any]  # msgpack record bytes (mim_jax datasets) or an example dict (TFDS).
@@ -39,11 +39,12 @@ def as_record(element: Element) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform(grain.transforms.RandomMap):
-    """Record bytes -> {'image': uint8 HWC random-resized-cropped and flipped, 'label': int32}."""
+    """Record bytes -> {'image': uint8 HWC random-resized-cropped, flipped (and RandAugmented), 'label': int32}."""
 
     image_size: int
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rand_augment: randaugment.RandAugmentSpec | None = None  # applied after crop + flip when set
 
     def random_map(self, element: Element, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Decodes and augments one record with `rng` (a JPEG decodes at reduced scale when the crop allows)."""
@@ -53,6 +54,8 @@ class TrainTransform(grain.transforms.RandomMap):
         image, box = transforms.draft_for_crop(image, box, self.image_size)
         image = transforms.resized_crop(transforms.to_rgb(image), box, self.image_size)
         image = transforms.random_flip(image, rng)
+        if self.rand_augment is not None:
+            image = randaugment.rand_augment(image, self.rand_augment, rng)
         return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"])}
 
 
@@ -125,15 +128,19 @@ def per_process_batch_size(batch_size: int, process_count: int, process_index: i
 def train_examples(dataset_dir: str, split: str, *, image_size: int, seed: int,
                    crop_scale: tuple[float, float] = (0.2, 1.0),
                    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                   subset: subsets.SubsetSpec | None = None) -> grain.MapDataset:
-    """The infinite augmented example sequence: element i is global example index i."""
+                   subset: subsets.SubsetSpec | None = None, auto_augment: str = "") -> grain.MapDataset:
+    """The infinite augmented example sequence: element i is global example index i.
+
+    `auto_augment`: a timm RandAugment string (`mim_jax.data.randaugment`), '' for none.
+    """
     source = training_source(dataset_dir, split, subset)
+    transform = TrainTransform(image_size, tuple(crop_scale), tuple(crop_ratio),
+                               randaugment.parse_spec(auto_augment))
     return (
         grain.MapDataset.source(source)
         .shuffle(seed=derive_seed(seed, _SHUFFLE_STREAM))
         .repeat(None)
-        .random_map(TrainTransform(image_size, tuple(crop_scale), tuple(crop_ratio)),
-                    seed=derive_seed(seed, _AUGMENT_STREAM))
+        .random_map(transform, seed=derive_seed(seed, _AUGMENT_STREAM))
     )
 
 
@@ -152,6 +159,7 @@ def train_batches(
     num_workers: int = 0,
     prefetch_buffer_size: int = 2,
     subset: subsets.SubsetSpec | None = None,
+    auto_augment: str = "",
 ) -> Iterator[Batch]:
     """Yields this process's slice {'image': uint8 [B/P,H,W,3], 'label': int32 [B/P]} of every step."""
     local = per_process_batch_size(global_batch_size, process_count, process_index,
@@ -159,7 +167,8 @@ def train_batches(
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
     examples = train_examples(dataset_dir, split, image_size=image_size, seed=seed,
-                              crop_scale=crop_scale, crop_ratio=crop_ratio, subset=subset)
+                              crop_scale=crop_scale, crop_ratio=crop_ratio, subset=subset,
+                              auto_augment=auto_augment)
     chunks = examples.batch(local, drop_remainder=True)  # chunk c = step c // P, process c % P.
     mine = chunks[start_step * process_count + process_index::process_count]
     return _iterate(mine, num_workers, prefetch_buffer_size)

@@ -3,9 +3,8 @@
 Model: the encoder without its final norm, average pool of the patch tokens, fc_norm (LayerNorm), linear head
 (trunc-normal std 2e-5). Training: AdamW with layer-wise lr decay, per-step warmup + cosine to min_lr, drop path
 (stochastic depth), mixup / cutmix with label smoothing and random erasing on device (timm semantics, batch mode),
-optional EMA of the weights. Host side: RandomResizedCrop(crop_scale) + flip (the train pipeline).
-
-Not implemented: RandAugment (timm rand-m9-mstd0.5-inc1).
+optional EMA of the weights. Host side (the train pipeline): RandomResizedCrop(crop_scale) + flip, then RandAugment
+(`auto_augment`, timm spec; MAE: rand-m9-mstd0.5-inc1; `mim_jax.data.randaugment`).
 """
 from __future__ import annotations
 
@@ -265,8 +264,8 @@ def finetune_encoder(ctx, e) -> dict:
 
 
 def finetune_batches(ctx, e, image_size: int):
-    """This process's slices of the augmented train batches (RandomResizedCrop(crop_scale) + flip)."""
+    """This process's slices of the augmented train batches (RandomResizedCrop(crop_scale), flip, RandAugment)."""
     return pipeline.train_batches(ctx.dataset_dir, ctx.train_split, global_batch_size=e.batch_size,
                                   image_size=image_size, seed=ctx.seed, process_index=jax.process_index(),
                                   process_count=jax.process_count(), crop_scale=tuple(e.crop_scale),
-                                  num_workers=e.num_workers)
+                                  num_workers=e.num_workers, auto_augment=e.auto_augment)
