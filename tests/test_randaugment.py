@@ -2,6 +2,7 @@
 sampling, op choice, determinism, and the fine-tuning train pipeline with it switched on."""
 import itertools
 import math
+import types
 
 import numpy as np
 import pytest
@@ -226,3 +227,14 @@ def test_pipeline_batches_depend_only_on_seed_and_step_not_processes_or_workers(
     assert 0.3 < np.mean(changed) < 1.0  # P(no op applied) = 1/4, plus ops that leave an image unchanged
     for x, y in zip(single, plain):
         np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_finetune_batches_use_the_configured_spec(dataset):
+    from mim_jax.evaluate import finetune as ft  # imports jax: keep it local
+
+    ctx = types.SimpleNamespace(dataset_dir=dataset, train_split="train", seed=0)
+    e = configuration.finetune_config("Ti/16")
+    e.update({"batch_size": 8, "crop_scale": (0.2, 1.0)})
+    ours = list(itertools.islice(ft.finetune_batches(ctx, e, 24), 2))
+    for a, b in zip(ours, _batches(dataset, 2, crop_scale=(0.2, 1.0))):
+        np.testing.assert_array_equal(a["image"], b["image"])
