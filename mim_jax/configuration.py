@@ -204,8 +204,10 @@ def standalone_eval_config(name: str, evaluator: ml_collections.ConfigDict) -> m
     """A `python -m mim_jax.evaluate` config: where the model and data come from, and one evaluator (`eval`)."""
     c = ml_collections.ConfigDict()
     c.name = name                     # -> WORKDIR/evals/<name>.json
-    c.init_from = ""                  # a pretraining workdir (latest step) or WORKDIR/checkpoints/<step>
+    c.init_from = ""                  # a pretraining workdir (latest step), WORKDIR/checkpoints/<step>, or a weights
+    #                                   file mim_jax.convert reads (then set data.source / data.path too)
     c.random_init = False             # evaluate the run's model at its random init instead (a baseline)
+    c.image_size = 0                  # weights files only: eval resolution (0 = the checkpoint's own)
     c.seed = 0
     c.data = base_config().data
     c.data.source = "same_as_pretraining"  # or arrayrecord / synthetic with the fields below

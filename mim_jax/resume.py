@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -87,7 +86,7 @@ def init_source(init_from: str, program: Program) -> tuple[Any, Any]:
     A file (official MAE / MAWS / DINO / CLIP .pth or .safetensors, timm export, mim_jax format) gives
     {'encoder'[, 'decoder']} on the host; its step is reported as 'file'.
     """
-    if run_dirs.is_remote(init_from) or not os.path.isfile(os.path.expanduser(init_from)):
+    if not run_dirs.is_local_file(init_from):
         from mim_jax.pretrained import load_run  # imports the evaluation model loader only when used
         _, _, source, step = load_run(init_from, program.mesh, program.rules)
         return source, step

@@ -41,6 +41,11 @@ def is_dir(path: str) -> bool:
     return epath.Path(path).is_dir()
 
 
+def is_local_file(path: str) -> bool:
+    """Whether `path` is a file on a local disk (e.g. a weights file, as opposed to a run directory)."""
+    return not is_remote(path) and os.path.isfile(os.path.expanduser(str(path)))
+
+
 def read_text(path: str) -> str:
     """The text of file `path`."""
     return epath.Path(path).read_text()

@@ -29,6 +29,9 @@ def load_any(source: str, heads: int = 0, variant: str = "", decoder_heads: int 
     if os.path.isfile(path) and native.is_native(path):
         arch, params = native.load_native(path)
         return arch, None, params
+    if not heads and path.endswith(".safetensors") and os.path.isfile(path):
+        stored = native.read_arch(path)  # our timm exports record their architecture
+        heads = stored.heads if stored else 0
     sd, hf_config = read_checkpoint(path)
     return import_mae(sd, hf_config, heads, variant, decoder_heads)
 

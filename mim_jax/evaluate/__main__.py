@@ -1,16 +1,21 @@
 """Evaluate a pretrained model: python -m mim_jax.evaluate --config=configs/{linear_probe,knn,fewshot,recon_loss,
 finetune}.py --config.init_from=PRETRAIN_WORKDIR[/checkpoints/STEP] --workdir=DIR  ->  DIR/evals/<name>.json
+
+init_from may also be a weights file (official MAE / MAWS / DINO checkpoint, timm export, mim_jax format); the
+data must then be named (--config.data.source=arrayrecord --config.data.path=DIR).
 """
 from __future__ import annotations
 
 import jax
 
 from mim_jax import configuration, distributed
+from mim_jax import workdir as run_dirs
 from mim_jax.cli_flags import run_cli
 from mim_jax.configuration import ConfigError
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.evaluate.evaluators import EvalContext, describe, run_evaluator
 from mim_jax.evaluate.results import write_eval
+from mim_jax.evaluate.weights_file import load_weights_file
 from mim_jax.pretrained import load_run
 from mim_jax.sharding import logical_rules, make_mesh
 
@@ -24,16 +29,30 @@ def evaluate(config, workdir: str) -> dict:
         raise ConfigError("init_from is empty; pass --config.init_from=PRETRAIN_WORKDIR")
     mesh = make_mesh(config.mesh)
     rules = logical_rules(config.mesh)
-    run_cfg, model, params, step = load_run(config.init_from, mesh, rules, config.random_init)
-    data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
+    if run_dirs.is_local_file(config.init_from):
+        model, params, step, data_cfg, norm_pix_loss = load_file(config, mesh, rules)
+    else:
+        run_cfg, model, params, step = load_run(config.init_from, mesh, rules, config.random_init)
+        data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
+        norm_pix_loss = run_cfg.model.norm_pix_loss
     ctx = EvalContext(model, params, resolve_dataset_dir(data_cfg), data_cfg.train_split, data_cfg.val_split, mesh,
-                      rules, config.seed, run_cfg.model.norm_pix_loss)
+                      rules, config.seed, norm_pix_loss)
     result = run_evaluator(ctx, config.eval)
     result.update(step=step, init_from=config.init_from)
     path = write_eval(workdir, config.name, result)
     if jax.process_index() == 0:
         print(f"{describe(config.name, config.eval.type, result)} (step {step}) -> {path}", flush=True)
     return result
+
+
+def load_file(config, mesh, rules) -> tuple:
+    """(model, params, step 'file', data config, norm_pix_loss) when init_from is a weights file."""
+    if config.data.source == "same_as_pretraining":
+        raise ConfigError(f"init_from={config.init_from!r} is a weights file, which names no dataset: pass "
+                          f"--config.data.source=arrayrecord --config.data.path=DIR (or data.source=synthetic)")
+    model, params = load_weights_file(config.init_from, config.image_size, mesh, rules, config.random_init,
+                                      config.seed)
+    return model, params, 0 if config.random_init else "file", config.data, True
 
 
 def run() -> None:

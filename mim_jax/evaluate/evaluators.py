@@ -25,8 +25,8 @@ from mim_jax.models.mae import MAE
 @dataclasses.dataclass
 class EvalContext:
     """What every evaluator may use: the model, its parameters, the dataset, the mesh; caches features."""
-    model: MAE
-    params: Any                       # all MAE params ({'encoder', 'decoder'})
+    model: Any                        # an MAE, or anything with an `.encoder` (evaluate.weights_file.EncoderOnly)
+    params: Any                       # {'encoder'[, 'decoder']}
     dataset_dir: str
     train_split: str
     val_split: str
@@ -100,6 +100,9 @@ def run_fewshot(ctx: EvalContext, e) -> dict:
 
 def run_recon_loss(ctx: EvalContext, e) -> dict:
     """MAE loss on the val split with fixed masks."""
+    if not isinstance(ctx.model, MAE) or "decoder" not in ctx.params:
+        raise ConfigError("recon_loss needs the decoder, masking and loss of a pretraining run: set init_from to "
+                          "a pretraining workdir (a weights file holds the encoder only)")
     return validation_loss(ctx.model, ctx.params, ctx.dataset_dir, ctx.val_split, norm_pix_loss=ctx.norm_pix_loss,
                            seed=e.mask_seed, batch_size=e.batch_size, mesh=ctx.mesh, rules=ctx.rules,
                            max_examples=e.max_examples or None)

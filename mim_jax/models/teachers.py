@@ -149,31 +149,35 @@ def params_at_grid(params: dict, arch: ViTArch, grid_size: int) -> dict:
 def abstract_teacher(teacher: TeacherViT, mesh, rules) -> tuple[Any, Any]:
     """(ShapeDtypeStructs with shardings, shardings) of the teacher params, from its logical axis names."""
     size = teacher.arch.grid_size * teacher.arch.patch_size
-    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return abstract_params(teacher, size, teacher.dtype, mesh, rules)
+
+
+def abstract_params(module: nn.Module, image_size: int, dtype, mesh, rules) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs in `dtype` with shardings, shardings) of an image model's params, from its logical axes."""
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(lambda x: teacher.init(jax.random.key(0), x)["params"], images)
+        boxed = jax.eval_shape(lambda x: module.init(jax.random.key(0), x)["params"], images)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    dtype = teacher.dtype
     abstract = jax.tree.map(lambda b, s: jax.ShapeDtypeStruct(b.shape, dtype, sharding=s), nn.unbox(boxed),
                             shardings)
     return abstract, shardings
 
 
-def place_teacher_params(host_params: Any, abstract: Any) -> Any:
-    """Host (numpy) teacher params -> global arrays with the abstract tree's shapes, dtype and shardings."""
+def place_teacher_params(host_params: Any, abstract: Any, what: str = "teacher") -> Any:
+    """Host (numpy) `what` params -> global arrays with the abstract tree's shapes, dtype and shardings."""
     flat_abstract = jax.tree_util.tree_flatten_with_path(abstract)[0]
     flat_host = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(host_params)[0]}
     expected = {jax.tree_util.keystr(p) for p, _ in flat_abstract}
     if set(flat_host) != expected:
         missing, unexpected = sorted(expected - set(flat_host)), sorted(set(flat_host) - expected)
-        raise ConfigError(f"teacher weights do not fit the teacher architecture: missing {missing[:8]}, "
+        raise ConfigError(f"{what} weights do not fit the {what} architecture: missing {missing[:8]}, "
                           f"unexpected {unexpected[:8]}")
     leaves = []
     for path, a in flat_abstract:
         value = np.asarray(flat_host[jax.tree_util.keystr(path)])
         if value.shape != a.shape:
-            raise ConfigError(f"teacher weight {jax.tree_util.keystr(path)} has shape {value.shape}, "
-                              f"the teacher architecture needs {a.shape}")
+            raise ConfigError(f"{what} weight {jax.tree_util.keystr(path)} has shape {value.shape}, "
+                              f"the {what} architecture needs {a.shape}")
         value = value.astype(a.dtype)
         leaves.append(jax.make_array_from_callback(a.shape, a.sharding, lambda idx, v=value: v[idx]))
     return jax.tree.unflatten(jax.tree.structure(abstract), leaves)

@@ -265,6 +265,8 @@ class Encoder(nn.Module):
     scan_unroll: int = 1  # passed to BlockStack
     drop_path_rate: float = 0.0  # stochastic depth (fine-tuning); 0 leaves pretraining unchanged
     final_norm: bool = True  # False: return the un-normed tokens (MAE fine-tuning's global pool + fc_norm)
+    positions: str = "sincos"  # sincos: fixed 2-D table (MAE); learned: a trained [1+N, D] pos_embed (MAWS, DINO)
+    ln_eps: float = LN_EPS     # LayerNorm epsilon (imported HF ViTs use 1e-12)
 
     @property
     def grid_size(self) -> int:
@@ -275,7 +277,7 @@ class Encoder(nn.Module):
     def __call__(self, images: jax.Array, keep_ids: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
         """[B, H, W, C] -> [B, 1 + T, D] after the final norm; T = N, or keep_ids.shape[1] when given."""
         x = PatchEmbed(self.width, self.patch_size, self.dtype, name="patch_embed")(images)
-        pos = jnp.asarray(sincos_2d(self.width, self.grid_size), self.dtype)
+        pos = self.position_table().astype(self.dtype)
         x = x + pos[None, 1:]
         if keep_ids is not None:
             x = jnp.take_along_axis(x, keep_ids[..., None], axis=1)
@@ -284,9 +286,19 @@ class Encoder(nn.Module):
         cls = jnp.broadcast_to((cls + pos[None, :1]).astype(self.dtype), (x.shape[0], 1, self.width))
         x = jnp.concatenate([cls, x], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
-        x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype,
+        x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype, ln_eps=self.ln_eps,
                        scan_unroll=self.scan_unroll, drop_path_rate=self.drop_path_rate, name="blocks")(x, train)
-        return layer_norm(self.dtype, "norm")(x) if self.final_norm else x
+        return layer_norm(self.dtype, "norm", self.ln_eps)(x) if self.final_norm else x
+
+    def position_table(self) -> jax.Array:
+        """[1 + N, D] positions: the fixed sin-cos table, or the learned `pos_embed` param."""
+        if self.positions == "sincos":
+            return jnp.asarray(sincos_2d(self.width, self.grid_size))
+        if self.positions == "learned":
+            return self.param("pos_embed", partitioned(nn.initializers.normal(0.02), (None, "embed")),
+                              (1 + self.grid_size ** 2, self.width), jnp.float32)
+        raise ConfigError(f"positions={self.positions!r}: use 'sincos' or 'learned'")
+
 
 
 def encoder_from_config(model_cfg) -> Encoder:
