@@ -19,6 +19,7 @@ setup(
         "tensorflow-cpu>=2.21,<2.22",
         "tensorboard>=2.21,<2.22",
         "pillow>=11,<14",
+        "opencv-python-headless>=4.11,<5",  # 4.11 added IMREAD_COLOR_RGB; headless: no libGL needed.
         "numpy>=2.0,<3",
         "msgpack>=1.0,<2",
         "pyarrow>=14,<27",

@@ -4,13 +4,17 @@ One process pinned to one core runs, in the same run and on the same images:
 
 - ``plain PIL loop, full-size``: the baseline, what a straightforward loader does per image
   (``Image.open(...).convert('RGB')``, crop + bicubic resize, flip, ``np.asarray``, normalize);
-- ``mim_jax, full-size records``: the pipeline's `TrainTransform` (msgpack record, JPEG draft decode
-  when the crop allows) on a dataset ingested without resizing;
+- ``mim_jax, full-size records``: the pipeline's own `TrainTransform` (msgpack record, OpenCV decode at
+  reduced scale when the crop allows, OpenCV antialiased bicubic resize, flip) on a dataset ingested
+  without resizing;
 - ``mim_jax, ingest --max_side=256``: the same transform on a dataset ingested with ``--max_side=256``;
-- ``plain PIL loop, 256-px``: the baseline loop on the 256-px images (separates the two effects).
+- ``mim_jax PIL path``: `TrainTransform(use_opencv=False)`, the previous all-PIL transform, on the same
+  256-px records (separates OpenCV's share from the ingest resize's);
+- ``plain PIL loop, 256-px``: the baseline loop on the 256-px images.
 
-Each loop is timed with normalization on the host (float32, ImageNet mean/std) and without it (as in
-training, where the uint8 batch is normalized on device). Rates are images per CPU-second of the pinned
+Each loop is timed with normalization on the host (float32, ImageNet mean/std, the fused OpenCV
+`transforms.normalize_host` for every row) and without it (as in training, where the uint8 batch is
+normalized on device). Rates are images per CPU-second of the pinned
 process (what one core delivers even while other jobs share the machine) and per wall-second. The test images are generated photo-like JPEGs (1/f colour noise plus shapes,
 ~500x375, quality 90, ~90 KB, like ImageNet's average file).
 
@@ -27,7 +31,9 @@ import shutil
 import time
 from collections.abc import Callable
 
+import cv2
 import numpy as np
+import PIL
 from PIL import Image, ImageDraw
 
 from mim_jax.data import ingest, pipeline, records, transforms
@@ -36,7 +42,8 @@ SIZE = 224
 MEAN = np.array(transforms.IMAGENET_MEAN, np.float32) * 255
 INV_STD = 1 / (np.array(transforms.IMAGENET_STD, np.float32) * 255)
 TEXTURE = 10.0
-TRAIN_TRANSFORM = pipeline.TrainTransform(SIZE)
+TRAIN_TRANSFORM = pipeline.TrainTransform(SIZE)  # What train_batches uses (OpenCV path by default).
+PIL_TRANSFORM = pipeline.TrainTransform(SIZE, use_opencv=False)
 SHAPES = ((500, 375), (375, 500), (500, 333), (500, 400), (440, 500))
 
 
@@ -63,21 +70,13 @@ def photo_like_jpeg(index: int) -> bytes:
     return buffer.getvalue()
 
 
-# (v - mean_c) / std_c for every uint8 value v and channel c, flattened as [c * 256 + v]: one gather per pixel
-# (2-3x faster than the float arithmetic on this machine, and exactly equal to it).
-_LUT = ((np.arange(256, dtype=np.float32)[:, None] - MEAN) * INV_STD).T.ravel().astype(np.float32)
-_CHANNEL_OFFSET = np.array([0, 256, 512], np.uint16)
-
-
-def normalize_host(image: np.ndarray) -> np.ndarray:
-    """(image - mean) / std in float32 on the host, via a lookup table."""
-    return np.take(_LUT, image + _CHANNEL_OFFSET)
+normalize_host = transforms.normalize_host  # One fused per-channel affine map (cv2.transform), ~0.1 ms.
 
 
 def _check_normalize() -> None:
-    """The lookup table equals the formula."""
+    """The host normalization equals the formula."""
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    np.testing.assert_allclose(normalize_host(image), (image.astype(np.float32) - MEAN) * INV_STD, atol=1e-6)
+    np.testing.assert_allclose(normalize_host(image), (image.astype(np.float32) - MEAN) * INV_STD, atol=1e-5)
 
 
 def plain_pil(image_bytes: bytes, rng: np.random.Generator) -> np.ndarray:
@@ -93,6 +92,21 @@ def plain_pil(image_bytes: bytes, rng: np.random.Generator) -> np.ndarray:
 def mim_jax_transform(record: bytes, rng: np.random.Generator) -> np.ndarray:
     """The training pipeline's per-record transform (uint8 out)."""
     return TRAIN_TRANSFORM.random_map(record, rng)["image"]
+
+
+def mim_jax_pil_transform(record: bytes, rng: np.random.Generator) -> np.ndarray:
+    """The same transform forced onto its PIL reference path."""
+    return PIL_TRANSFORM.random_map(record, rng)["image"]
+
+
+def opencv_vs_pil(records_: list[bytes]) -> tuple[float, float]:
+    """(mean, worst per-image mean) |OpenCV - PIL| in uint8 levels, same crop boxes and flips."""
+    means = []
+    for i, record in enumerate(records_):
+        fast = TRAIN_TRANSFORM.random_map(record, np.random.default_rng(i))["image"]
+        reference = PIL_TRANSFORM.random_map(record, np.random.default_rng(i))["image"]
+        means.append(np.abs(fast.astype(np.float64) - reference).mean())
+    return float(np.mean(means)), float(np.max(means))
 
 
 def with_host_normalize(fn: Callable) -> Callable:
@@ -146,6 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.core >= 0:
         os.sched_setaffinity(0, {args.core})
+    load_before = os.getloadavg()
     _check_normalize()
     shutil.rmtree(args.workdir, ignore_errors=True)
     folder = os.path.join(args.workdir, "images", "photos")
@@ -164,6 +179,7 @@ def main() -> None:
         "plain PIL loop, full-size JPEGs (baseline)": (plain_pil, originals),
         "mim_jax TrainTransform, full-size records": (mim_jax_transform, full_records),
         "mim_jax TrainTransform, ingest --max_side=256": (mim_jax_transform, small_records),
+        "mim_jax PIL path (use_opencv=False), ingest --max_side=256": (mim_jax_pil_transform, small_records),
         "plain PIL loop, 256-px JPEGs": (plain_pil, small_images),
     }
     normalized = measure({name: (with_host_normalize(fn), inputs) for name, (fn, inputs) in loops.items()},
@@ -172,11 +188,17 @@ def main() -> None:
     rows = {name: normalized[name] + uint8[name] for name in loops}
     baseline = rows["plain PIL loop, full-size JPEGs (baseline)"]
     sizes = [Image.open(io.BytesIO(d)).size for d in originals[:5]]
+    load_after = os.getloadavg()
+    fidelity = {"full": opencv_vs_pil(full_records), "256": opencv_vs_pil(small_records)}
     print(f"Machine: {platform.node()} / {_cpu_model()} / {os.cpu_count()} cores, pinned to core {args.core}; "
-          f"load average {os.getloadavg()[0]:.1f}; {args.num_images} images (e.g. {sizes[0]}), "
+          f"load average (1/5/15 min) {_load(load_before)} before, {_load(load_after)} after; "
+          f"Pillow {PIL.__version__}, OpenCV {cv2.__version__}; {args.num_images} images (e.g. {sizes[0]}), "
           f"{np.mean([len(d) for d in originals]) / 1e3:.0f} KB mean; 256-px: "
           f"{np.mean([len(d) for d in small_images]) / 1e3:.0f} KB mean; ingest written "
           f"{full['splits']['train']['num_examples']}.")
+    print(f"OpenCV vs PIL path, same boxes and flips, mean |diff| in uint8 levels (mean / worst image): "
+          f"full-size {fidelity['full'][0]:.2f} / {fidelity['full'][1]:.2f}, "
+          f"256-px {fidelity['256'][0]:.2f} / {fidelity['256'][1]:.2f}.")
     print("| loop (one core, 224 px, decode + RandomResizedCrop + flip [+ normalize]) | img per CPU-s, with host "
           "normalize | vs baseline | img per wall-s | img per CPU-s, normalize on device | vs baseline |")
     print("|---|---|---|---|---|---|")
@@ -185,7 +207,12 @@ def main() -> None:
               f"{cpu_uint8 / baseline[2]:.2f}x |")
     print(json.dumps({"rows": {k: [round(x, 1) for x in v] for k, v in rows.items()},
                       "columns": ["cpu_normalized", "wall_normalized", "cpu_uint8", "wall_uint8"],
-                      "cpu": _cpu_model(), "load_average": os.getloadavg()[0]}))
+                      "cpu": _cpu_model(), "load_average_before": load_before, "load_average_after": load_after,
+                      "opencv_vs_pil_mean_abs_diff": fidelity}))
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
 
 if __name__ == "__main__":
     main()

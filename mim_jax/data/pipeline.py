@@ -39,24 +39,27 @@ def as_record(element: Element) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform(grain.transforms.RandomMap):
-    """Record bytes -> {'image': uint8 HWC random-resized-cropped, flipped (and RandAugmented), 'label': int32}."""
+    """Record bytes -> {'image': uint8 HWC random-resized-cropped, flipped (and RandAugmented), 'label': int32}.
+
+    `use_opencv=False` forces the PIL reference path (same crop boxes and flips, pixels within ~1 level).
+    """
 
     image_size: int
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     rand_augment: randaugment.RandAugmentSpec | None = None  # applied after crop + flip when set
+    use_opencv: bool = True
 
     def random_map(self, element: Element, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Decodes and augments one record with `rng` (a JPEG decodes at reduced scale when the crop allows)."""
         record = as_record(element)
         image = transforms.open_image(record["image"])
         box = transforms.sample_crop_box(image.width, image.height, self.crop_scale, self.crop_ratio, rng)
-        image, box = transforms.draft_for_crop(image, box, self.image_size)
-        image = transforms.resized_crop(transforms.to_rgb(image), box, self.image_size)
-        image = transforms.random_flip(image, rng)
+        pixels = transforms.decode_resized_crop(image, record["image"], box, self.image_size, self.use_opencv)
+        pixels = transforms.random_flip_array(pixels, rng)
         if self.rand_augment is not None:
-            image = randaugment.rand_augment(image, self.rand_augment, rng)
-        return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"])}
+            pixels = randaugment.rand_augment_array(pixels, self.rand_augment, rng)
+        return {"image": pixels, "label": np.int32(record["label"])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +68,15 @@ class EvalTransform(grain.transforms.Map):
 
     image_size: int
     crop_pct: float = 0.875
+    use_opencv: bool = True
 
     def map(self, element: Element) -> dict[str, np.ndarray]:
         """Decodes (at reduced scale when the resize allows) and centre-crops one record."""
         record = as_record(element)
-        image = transforms.draft_for_resize(transforms.open_image(record["image"]),
-                                            int(self.image_size / self.crop_pct))
-        image = transforms.center_crop_eval(transforms.to_rgb(image), self.image_size, self.crop_pct)
-        return {"image": transforms.to_uint8_array(image), "label": np.int32(record["label"]),
-                "mask": np.bool_(True)}
+        image = transforms.open_image(record["image"])
+        pixels = transforms.decode_center_crop(image, record["image"], self.image_size, self.crop_pct,
+                                               self.use_opencv)
+        return {"image": pixels, "label": np.int32(record["label"]), "mask": np.bool_(True)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -292,3 +292,8 @@ def rand_augment(img: Image.Image, spec: RandAugmentSpec, rng: np.random.Generat
         if rng.random() < spec.prob:
             img = apply_op(img, names[index], sample_magnitude(spec, rng), rng)
     return img
+
+
+def rand_augment_array(pixels: np.ndarray, spec: RandAugmentSpec, rng: np.random.Generator) -> np.ndarray:
+    """`rand_augment` on a uint8 HWC RGB array (the train pipeline's form) -> uint8 HWC array."""
+    return np.asarray(rand_augment(Image.fromarray(pixels), spec, rng), dtype=np.uint8)
