@@ -140,7 +140,14 @@ def knn_config() -> ml_collections.ConfigDict:
     e.temperature = 0.07
     e.max_train_examples = 0          # 0 = the whole train split is the neighbour bank
     e.feature_batch_size = 256
+    _whitening_fields(e)
     return e
+
+
+def _whitening_fields(e: ml_collections.ConfigDict) -> None:
+    """kNN / few-shot: optional PCA whitening fitted on the train features (mim_jax.evaluate.whitening)."""
+    e.whiten = False                  # True: whiten features first (off = DINO / big_vision as published)
+    e.whiten_eps = 1e-4               # eigenvalue floor, relative to the largest eigenvalue
 
 
 def fewshot_config() -> ml_collections.ConfigDict:
@@ -152,6 +159,7 @@ def fewshot_config() -> ml_collections.ConfigDict:
     e.l2_reg = 1.0                    # ridge penalty on l2-normalized features
     e.max_train_examples = 0          # shots are drawn from the first N train records (0 = all)
     e.feature_batch_size = 256
+    _whitening_fields(e)
     return e
 
 
@@ -310,6 +318,10 @@ def validate_teacher(teacher: ml_collections.ConfigDict, check_weights: bool = T
              teacher.weights, "no such file or directory; check the path")
 
 
+def _check_whitening(e: ml_collections.ConfigDict, prefix: str) -> None:
+    _check_positive(e, prefix, ("whiten_eps",), integer=False)  # `whiten` is a bool field: ConfigDict checks it
+
+
 def _check_feature_eval(e: ml_collections.ConfigDict, prefix: str) -> None:
     _require(e.pool in POOLS, f"{prefix}.pool", e.pool, f"use one of {POOLS}")
     _require(isinstance(e.feature_batch_size, int) and e.feature_batch_size > 0, f"{prefix}.feature_batch_size",
@@ -334,10 +346,12 @@ def validate_eval(e: ml_collections.ConfigDict, prefix: str) -> None:
         validate_probe(e, prefix)
     elif e.type == "knn":
         _check_feature_eval(e, prefix)
+        _check_whitening(e, prefix)
         _check_positive(e, prefix, ("k",), integer=True)
         _check_positive(e, prefix, ("temperature",), integer=False)
     elif e.type == "fewshot":
         _check_feature_eval(e, prefix)
+        _check_whitening(e, prefix)
         _require(len(e.shots) > 0 and all(isinstance(n, int) and n > 0 for n in e.shots), f"{prefix}.shots",
                  tuple(e.shots), "use positive shot counts, e.g. (1, 5, 10, 25)")
         _require(len(e.seeds) > 0, f"{prefix}.seeds", tuple(e.seeds), "use at least one seed, e.g. (0, 1, 2)")

@@ -19,6 +19,7 @@ from mim_jax.evaluate.fewshot import fewshot_accuracy
 from mim_jax.evaluate.knn import knn_accuracy
 from mim_jax.evaluate.linear_probe import train_linear_probe
 from mim_jax.evaluate.reconstruction import validation_loss
+from mim_jax.evaluate.whitening import whiten
 from mim_jax.models.mae import MAE
 
 
@@ -82,20 +83,33 @@ def run_linear_probe(ctx: EvalContext, e) -> dict:
     return {**result, "pool": e.pool}
 
 
+def proxy_features(ctx: EvalContext, e) -> tuple:
+    """`train_and_val_features`, PCA-whitened on the train features when the evaluator sets `whiten`."""
+    train_x, train_y, val_x, val_y = ctx.train_and_val_features(e)
+    if e.get("whiten", False):
+        train_x, val_x = whiten(train_x, val_x, e.whiten_eps)
+    return train_x, train_y, val_x, val_y
+
+
+def proxy_settings(e) -> dict:
+    """The feature settings a kNN / few-shot result records."""
+    return {"pool": e.pool, "whiten_eps": e.whiten_eps if e.get("whiten", False) else None}
+
+
 def run_knn(ctx: EvalContext, e) -> dict:
     """Weighted kNN (DINO) of val features against train features."""
-    train_x, train_y, val_x, val_y = ctx.train_and_val_features(e)
+    train_x, train_y, val_x, val_y = proxy_features(ctx, e)
     result = knn_accuracy(train_x, train_y, val_x, val_y, num_classes=ctx.num_classes, k=e.k,
                           temperature=e.temperature)
-    return {**result, "pool": e.pool}
+    return {**result, **proxy_settings(e)}
 
 
 def run_fewshot(ctx: EvalContext, e) -> dict:
     """n-shot ridge classifiers on frozen features, averaged over seeds."""
-    train_x, train_y, val_x, val_y = ctx.train_and_val_features(e)
+    train_x, train_y, val_x, val_y = proxy_features(ctx, e)
     result = fewshot_accuracy(train_x, train_y, val_x, val_y, num_classes=ctx.num_classes, shots=tuple(e.shots),
                               seeds=tuple(e.seeds), l2=e.l2_reg, class_names=ctx.class_names)
-    return {**result, "pool": e.pool}
+    return {**result, **proxy_settings(e)}
 
 
 def run_recon_loss(ctx: EvalContext, e) -> dict:
