@@ -24,11 +24,12 @@ setup(
         "msgpack>=1.0,<2",
         "pyarrow>=14,<27",
         "tqdm>=4.60,<5",
+        "safetensors>=0.4,<1",  # the mim_jax weights format and timm export (no torch needed for either)
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
-        "convert": ["torch==2.13.0", "safetensors>=0.4,<1", "transformers>=4.40,<6"],
+        "convert": ["torch==2.13.0", "transformers>=4.40,<6"],  # PyTorch files and the HF parity tests
     },
     entry_points={
         "console_scripts": [
