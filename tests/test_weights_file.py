@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import linen as nn
 
@@ -11,6 +12,7 @@ from mim_jax.cli_flags import load_config_file
 from mim_jax.convert.__main__ import convert
 from mim_jax.convert.native import save_native
 from mim_jax.errors import ConfigError
+from mim_jax.evaluate import finetune as ft
 from mim_jax.evaluate.__main__ import evaluate
 from mim_jax.evaluate.weights_file import load_weights_file
 from mim_jax.models.teachers import TeacherViT, ViTArch, interpolate_positions
@@ -120,14 +122,15 @@ def test_weights_file_needs_a_dataset_and_has_no_decoder(run_and_files, tiny_dat
         evaluate(loss_cfg, str(tmp_path))
 
 
-def test_finetune_starts_from_a_learned_position_file(tiny_dataset, tmp_path):
-    """A MAWS-layout file (learned positions, no run dir) fine-tunes end to end and is evaluated."""
-    random_vit_file(tmp_path / "maws.safetensors", MAWS_LIKE)
-    c = load_config_file("configs/finetune.py")
-    c.init_from = str(tmp_path / "maws.safetensors")
-    c.data.update(dict(source="arrayrecord", path=tiny_dataset))
-    c.eval.update(dict(epochs=1, warmup_epochs=0, batch_size=32, eval_batch_size=40, mixup_alpha=0.0,
-                       cutmix_alpha=0.0, random_erase_prob=0.0))
-    result = evaluate(c, str(tmp_path / "ft"))
-    assert result["steps"] == 3 and result["step"] == "file"  # 96 train images / batch 32
-    assert 0.0 <= result["top1"] <= 1.0 and np.isfinite(result["final_train_loss"])
+def test_finetune_state_starts_from_a_learned_position_file(tmp_path):
+    """A MAWS-layout file (learned positions) fills the fine-tuning model's encoder, pos_embed included."""
+    host = random_vit_file(tmp_path / "maws.safetensors", MAWS_LIKE)
+    mesh, rules = one_device()
+    model, params = load_weights_file(str(tmp_path / "maws.safetensors"), 0, mesh, rules)
+    classifier = ft.classifier_for(model.encoder, num_classes=10, drop_path=0.1)
+    state = ft.init_state(classifier, optax.sgd(0.1), params["encoder"], mesh, rules, seed=0)
+    got = jax.device_get(state.params["encoder"])
+    host = {k: v for k, v in host.items() if k != "norm"}  # fine-tuning pools un-normed tokens into fc_norm
+    assert jax.tree.map(np.shape, got) == jax.tree.map(np.shape, host)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(host)):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
