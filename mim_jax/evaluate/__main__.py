@@ -29,8 +29,10 @@ def evaluate(config, workdir: str) -> dict:
         raise ConfigError("init_from is empty; pass --config.init_from=PRETRAIN_WORKDIR")
     mesh = make_mesh(config.mesh)
     rules = logical_rules(config.mesh)
+    norm_pix_loss = True  # only recon_loss reads it, and it refuses weights files
     if run_dirs.is_local_file(config.init_from):
-        model, params, step, data_cfg, norm_pix_loss = load_file(config, mesh, rules)
+        model, params, step = load_file(config, mesh, rules)
+        data_cfg = config.data
     else:
         run_cfg, model, params, step = load_run(config.init_from, mesh, rules, config.random_init)
         data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
@@ -46,13 +48,13 @@ def evaluate(config, workdir: str) -> dict:
 
 
 def load_file(config, mesh, rules) -> tuple:
-    """(model, params, step 'file', data config, norm_pix_loss) when init_from is a weights file."""
+    """(model, params, step: 'file', or 0 for its random init) when init_from is a weights file."""
     if config.data.source == "same_as_pretraining":
         raise ConfigError(f"init_from={config.init_from!r} is a weights file, which names no dataset: pass "
                           f"--config.data.source=arrayrecord --config.data.path=DIR (or data.source=synthetic)")
     model, params = load_weights_file(config.init_from, config.image_size, mesh, rules, config.random_init,
                                       config.seed)
-    return model, params, 0 if config.random_init else "file", config.data, True
+    return model, params, 0 if config.random_init else "file"
 
 
 def run() -> None:
