@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from mim_jax import objectives, optim
+from mim_jax import optim
+from mim_jax.objectives import targets as objectives
 from mim_jax.nonfinite import skip_metrics
 from mim_jax.data.transforms import normalize
 from mim_jax.models.mae import MAE, mae_from_config

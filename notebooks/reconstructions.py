@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from mim_jax import objectives
+from mim_jax.objectives import targets as objectives
 from mim_jax.data import pipeline
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize

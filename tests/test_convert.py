@@ -18,7 +18,7 @@ from flax import linen as nn
 torch = pytest.importorskip("torch", reason="parity tests need the convert extra: pip install -e '.[convert]'")
 transformers = pytest.importorskip("transformers", reason="parity tests need the convert extra")
 
-from mim_jax import objectives  # noqa: E402
+from mim_jax.objectives import targets as objectives  # noqa: E402
 from mim_jax.configuration import ConfigError, base_config  # noqa: E402
 from mim_jax.convert.__main__ import convert  # noqa: E402
 from mim_jax.convert.checkpoint_files import read_checkpoint, read_safetensors  # noqa: E402

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from mim_jax import objectives
+from mim_jax.objectives import targets as objectives
 from mim_jax.configuration import ConfigError, validate
 from mim_jax.convert.native import save_native
 from mim_jax.data.transforms import normalize

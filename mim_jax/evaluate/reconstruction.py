@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax import objectives
+from mim_jax.objectives import targets as objectives
 from mim_jax.data import pipeline
 from mim_jax.data.transforms import normalize
 from mim_jax.models.mae import MAE

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from mim_jax import objectives
+from mim_jax.objectives import targets as objectives
 
 
 def reference_patchify(images, p):

@@ -1,0 +1,1 @@
+"""Pretraining objectives as plug-ins (one module each, resolved by name) and their shared targets."""
