@@ -4,7 +4,7 @@
 
 For each model it builds the pretraining TrainState (MAE encoder + decoder params and AdamW moments, fp32) on
 the local devices with the mesh of the default config, then saves it `repeats` times through the same
-manager pretraining uses (mim_jax.checkpoints). The blocking time is the `save` call alone: the loop
+manager pretraining uses (mim_jax.train.checkpoints). The blocking time is the `save` call alone: the loop
 continues while orbax writes in the background. Before each save the previous write is awaited (and timed
 separately), as in a run whose saves are further apart than one write. Prints one markdown row per model.
 """
@@ -19,23 +19,19 @@ import time
 
 import jax
 
-from mim_jax import checkpoints, optim
-from mim_jax.configuration import base_config
-from mim_jax.models.mae import mae_from_config
-from mim_jax.sharding import logical_rules, make_mesh
-from mim_jax.train_step import create_train_state
+from mim_jax.config.defaults import base_config
+from mim_jax.parallel.sharding import make_mesh
+from mim_jax.train import checkpoints
+from mim_jax.train.program import build_program, model_signature
 
 
 def state_for(variant: str):
     """The fp32 TrainState (params + AdamW) of an MAE with encoder `variant` at 224 px, and its size in bytes."""
     config = base_config()
     config.model.variant = variant
-    mesh = make_mesh(config.mesh)
-    rules = logical_rules(config.mesh)
-    tx = optim.make_optimizer(config.optim, config.data.global_batch_size, config.total_steps)
-    state, _ = create_train_state(mae_from_config(config.model), tx, mesh, rules, config.seed)
+    state, _ = build_program(config, make_mesh(config.mesh)).init_state(config.seed)
     size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    return state, size, checkpoints.model_signature(config)
+    return state, size, model_signature(config)
 
 
 def measure(variant: str, repeats: int, directory: str) -> dict:

@@ -9,18 +9,32 @@ also separate clearly from random init (README, Evaluation).
 """
 import ml_collections
 
-from mim_jax.configuration import base_config
+from mim_jax.config.defaults import base_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Tiny ViT (width 192, depth 4, patch 16; `patch8`: patch 8) at 64 px on generated shapes; evals included."""
+    """Tiny MAE (width 192, depth 4, patch 16; `patch8`: patch 8) at 64 px on generated shapes; evals included."""
+    c = shared_config()
+    c.mae.decoder = ml_collections.ConfigDict(dict(width=128, depth=2, heads=4, mlp_ratio=4))
+    c.evals.val_loss.every_steps = 100
+    c.evals.val_loss.max_examples = 1000
+    if arg == "patch8":  # 64 tokens instead of 16: finer features, ~3x the compute per image
+        c.model.patch_size = 8
+        c.data.global_batch_size = 128
+        c.total_steps = 800
+    elif arg:
+        raise ValueError(f"configs/demo.py:{arg}: unknown argument; use configs/demo.py or configs/demo.py:patch8")
+    return c
+
+
+def shared_config() -> ml_collections.ConfigDict:
+    """What every demo shares, whatever its objective: model, data, optimizer, schedule and evaluators."""
     c = base_config()
     c.total_steps = 500
     c.model.variant = "Ti/16"
     c.model.depth = 4
     c.model.image_size = 64
     c.model.dtype = "float32"
-    c.model.decoder = ml_collections.ConfigDict(dict(width=128, depth=2, heads=4, mlp_ratio=4))
 
     c.data.source = "synthetic"
     c.data.global_batch_size = 256
@@ -53,12 +67,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         proxy.update(dict(at_end=True, random_init_baseline=True, pool=probe.pool, whiten=True,
                           max_train_examples=probe.max_train_examples, feature_batch_size=probe.feature_batch_size))
 
-    c.evals.val_loss.every_steps = 100
-    c.evals.val_loss.max_examples = 1000
-    if arg == "patch8":  # 64 tokens instead of 16: finer features, ~3x the compute per image
-        c.model.patch_size = 8
-        c.data.global_batch_size = 128
-        c.total_steps = 800
-    elif arg:
-        raise ValueError(f"configs/demo.py:{arg}: unknown argument; use configs/demo.py or configs/demo.py:patch8")
     return c

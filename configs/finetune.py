@@ -15,7 +15,7 @@ epochs are already over-regularized and the README's demo row was measured witho
 """
 import ml_collections
 
-from mim_jax.configuration import finetune_config, standalone_eval_config
+from mim_jax.config.defaults import finetune_config, standalone_eval_config
 
 ARGS = ("model=B/16", "model=L/16", "model=H/14", "demo")
 

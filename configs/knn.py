@@ -4,7 +4,7 @@ Usage: python -m mim_jax.evaluate --config=configs/knn.py --config.init_from=PRE
 """
 import ml_collections
 
-from mim_jax.configuration import knn_config, standalone_eval_config
+from mim_jax.config.defaults import knn_config, standalone_eval_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ The model comes from PRETRAIN_WORKDIR/config.json; the data defaults to the pret
 """
 import ml_collections
 
-from mim_jax.configuration import probe_config, standalone_eval_config
+from mim_jax.config.defaults import probe_config, standalone_eval_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

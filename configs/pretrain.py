@@ -17,7 +17,7 @@ e.g. --config.optim.base_lr=1.5e-4 --config.mesh.shape='(1,-1,1)'.
 """
 import ml_collections
 
-from mim_jax.configuration import IMAGENET_TRAIN_SIZE, base_config
+from mim_jax.config.defaults import IMAGENET_TRAIN_SIZE, base_config
 
 ARGS = ("model", "batch", "recipe", "target")
 RECIPES = ("mae", "maws")

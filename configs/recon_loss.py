@@ -4,7 +4,7 @@ Usage: python -m mim_jax.evaluate --config=configs/recon_loss.py --config.init_f
 """
 import ml_collections
 
-from mim_jax.configuration import recon_loss_config, standalone_eval_config
+from mim_jax.config.defaults import recon_loss_config, standalone_eval_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -5,7 +5,7 @@
 
 Everything after `--` is passed to this Python interpreter in every process. Each process gets
 JAX_PLATFORMS=cpu, XLA_FLAGS=--xla_force_host_platform_device_count=K and MIM_JAX_COORDINATOR_ADDRESS,
-MIM_JAX_NUM_PROCESSES, MIM_JAX_PROCESS_ID (read by mim_jax.distributed.initialize). Output lines are
+MIM_JAX_NUM_PROCESSES, MIM_JAX_PROCESS_ID (read by mim_jax.parallel.distributed.initialize). Output lines are
 prefixed with [p<i>]. If one process fails, the others are stopped (SIGTERM, then SIGKILL after a grace
 period). The exit status is 0 when all succeed, else the largest status among the processes that failed on
 their own (a signal N counts as 128+N).
@@ -29,7 +29,7 @@ import time
 from typing import Optional, Sequence, TextIO
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-PREEMPTED_EXIT_CODE = 75  # mim_jax.preemption.PREEMPTED_EXIT_CODE: saved a checkpoint, not a failure
+PREEMPTED_EXIT_CODE = 75  # mim_jax.train.preemption.PREEMPTED_EXIT_CODE: saved a checkpoint, not a failure
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _pending_signal: list[int] = []  # set by the signal handler, consumed by run()
 

@@ -37,12 +37,18 @@ from typing import Callable, Optional, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mim_jax.cluster.launch_check import (
+    check_job,
+    describe_mesh,
+    load_pretrain_config,
+    pretrain_flag,
+    run_launcher,  # noqa: E402
+    split_at_dashes,
+)
+from mim_jax.cluster.tpu_slices import Slice, parse_accelerator_type, slice_for_topology  # noqa: E402
 from mim_jax.errors import ConfigError  # noqa: E402
-from mim_jax.launch_check import check_job, describe_mesh, load_pretrain_config, pretrain_flag, \
-    run_launcher, split_at_dashes  # noqa: E402
-from mim_jax.tpu_slices import Slice, parse_accelerator_type, slice_for_topology  # noqa: E402
 
-PREEMPTED_EXIT_CODE = 75  # mim_jax.preemption.PREEMPTED_EXIT_CODE
+PREEMPTED_EXIT_CODE = 75  # mim_jax.train.preemption.PREEMPTED_EXIT_CODE
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # On every worker, relative to the home directory (where ssh commands start and scp copies to).
 REMOTE_DIR = "mim_jax"

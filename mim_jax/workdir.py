@@ -7,8 +7,11 @@ shares) works like a local one. Local paths are made absolute; bucket paths are 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from etils import epath
+
+CHECKPOINT_DIR = "checkpoints"  # WORKDIR/checkpoints/<step>/ (orbax)
 
 
 def is_remote(path: str) -> bool:
@@ -67,3 +70,12 @@ def append_text(path: str, text: str) -> None:
     """Append `text` to file `path` (created if missing)."""
     with epath.Path(path).open("a") as f:
         f.write(text)
+
+
+def locate_checkpoint(path: str) -> tuple[str, Optional[int]]:
+    """(run workdir, step or None for latest) from a workdir or a WORKDIR/checkpoints/<step> path."""
+    path = os.path.abspath(os.path.expanduser(path))
+    parent, name = os.path.split(path.rstrip("/"))
+    if name.isdigit() and os.path.basename(parent) == CHECKPOINT_DIR:
+        return os.path.dirname(parent), int(name)
+    return path, None

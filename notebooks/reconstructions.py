@@ -13,13 +13,13 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from mim_jax.objectives import targets as objectives
 from mim_jax.data import pipeline
 from mim_jax.data.sources import resolve_dataset_dir
 from mim_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from mim_jax.pretrained import load_run
-from mim_jax.sharding import DEFAULT_RULES, logical_rules, make_mesh
-from mim_jax.train_step import mask_noise
+from mim_jax.objectives import targets as objectives
+from mim_jax.parallel.sharding import DEFAULT_RULES, logical_rules, make_mesh
+from mim_jax.train.runs import load_run
+from mim_jax.train.step import step_key
 
 
 def reconstruct(workdir: str, num_images: int = 8, seed: int = 0) -> np.ndarray:
@@ -31,11 +31,11 @@ def reconstruct(workdir: str, num_images: int = 8, seed: int = 0) -> np.ndarray:
                                        image_size=cfg.model.image_size))
     images = normalize(batch["image"])
     p = model.encoder.patch_size
-    noise = mask_noise(seed, 0, (num_images, model.encoder.grid_size ** 2))
+    noise = jax.random.uniform(step_key(seed, 0), (num_images, model.encoder.grid_size ** 2))
     out = jax.jit(model.apply)({"params": params}, images, noise)
     target = objectives.patchify(images, p)
     pred = out["pred"]
-    if cfg.model.norm_pix_loss:  # undo the per-patch normalization with the true patch statistics
+    if cfg.mae.norm_pix_loss:  # undo the per-patch normalization with the true patch statistics
         mean, var = target.mean(-1, keepdims=True), target.var(-1, ddof=1, keepdims=True)
         pred = pred * jnp.sqrt(var + objectives.NORM_PIX_EPS) + mean
     mask = out["mask"][..., None]

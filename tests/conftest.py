@@ -4,11 +4,10 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import mim_jax  # noqa: E402,F401  (adds the XLA:CPU scheduler flag that keeps fake-device collectives in order)
-
 import pytest  # noqa: E402
 
-from mim_jax.configuration import base_config  # noqa: E402
+import mim_jax  # noqa: E402,F401  (adds the XLA:CPU scheduler flag that keeps fake-device collectives in order)
+from mim_jax.config.defaults import base_config  # noqa: E402
 from mim_jax.data import synthetic  # noqa: E402
 
 
@@ -26,7 +25,7 @@ def tiny_pretrain_config(dataset_dir: str, total_steps: int = 6):
     c.total_steps = total_steps
     c.model.update(dict(variant="Ti/16", width=32, depth=1, heads=2, mlp_dim=64, patch_size=8, image_size=32,
                         dtype="float32"))
-    c.model.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
+    c.mae.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
     c.data.update(dict(source="arrayrecord", path=dataset_dir, global_batch_size=16))
     c.optim.update(dict(base_lr=1e-3, warmup_steps=2))
     c.ckpt.update(dict(every_steps=3, max_to_keep=5, async_save=True))
@@ -45,7 +44,7 @@ def write_config_file(path: str, config) -> str:
     base, wanted = flat(base_config().to_dict()), flat(config.to_dict())
     overrides = {k: v for k, v in wanted.items() if base.get(k) != v}
     with open(path, "w") as f:
-        f.write("from mim_jax.configuration import base_config\n\n"
+        f.write("from mim_jax.config.defaults import base_config\n\n"
                 f"OVERRIDES = {overrides!r}\n\n\n"
                 "def get_config():\n"
                 "    c = base_config()\n"
@@ -67,14 +66,11 @@ def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -
     import jax.numpy as jnp
     from flax import traverse_util
 
-    from mim_jax import checkpoints, optim
-    from mim_jax.models.mae import mae_from_config
-    from mim_jax.sharding import logical_rules, make_mesh
-    from mim_jax.train_step import create_train_state
+    from mim_jax.parallel.sharding import make_mesh
+    from mim_jax.train import checkpoints
+    from mim_jax.train.program import build_program, model_signature
 
-    mesh, rules = make_mesh(config.mesh), logical_rules(config.mesh)
-    tx = optim.make_optimizer(config.optim, config.data.global_batch_size, config.total_steps)
-    state, _ = create_train_state(mae_from_config(config.model), tx, mesh, rules, seed)
+    state, _ = build_program(config, make_mesh(config.mesh)).init_state(seed)
     if poison:
         flat = traverse_util.flatten_dict(state.params, sep="/")
         flat[poison] = flat[poison] * jnp.nan
@@ -83,6 +79,6 @@ def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort())
     manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=2, async_save=False)
-    checkpoints.save(manager, step, state, {"signature": checkpoints.model_signature(config), "step": step})
+    checkpoints.save(manager, step, state, {"signature": model_signature(config), "step": step})
     manager.wait_until_finished()
     return jax.device_get(state.params)

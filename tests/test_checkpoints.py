@@ -1,4 +1,5 @@
 """Checkpoints: round trip, restore onto another mesh, model mismatch named, damaged steps, run-dir parsing."""
+import json
 import os
 
 import jax
@@ -7,17 +8,20 @@ import numpy as np
 import pytest
 
 from conftest import tiny_pretrain_config
-from mim_jax import checkpoints, optim
-from mim_jax.configuration import ConfigError
-from mim_jax.models.mae import mae_from_config
-from mim_jax.sharding import logical_rules, make_mesh
-from mim_jax.train_step import abstract_train_state, create_train_state
+from mim_jax import workdir as run_dirs
+from mim_jax.config.run_config import read_run_config
+from mim_jax.config.validation import ConfigError
+from mim_jax.objectives.mae import build_mae, init_inputs
+from mim_jax.parallel.sharding import logical_rules, make_mesh
+from mim_jax.train import checkpoints, optim
+from mim_jax.train.program import model_signature
+from mim_jax.train.state import abstract_train_state, create_train_state
 
 
 def build(config, mesh_shape):
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=config.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg), logical_rules(mesh_cfg)
-    model = mae_from_config(config.model)
+    model = build_mae(config)
     tx = optim.make_optimizer(config.optim, 16, 10)
     return model, tx, mesh, rules
 
@@ -25,14 +29,14 @@ def build(config, mesh_shape):
 def test_save_then_restore_on_another_mesh(tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (2, 4, 1))
-    state, _ = create_train_state(model, tx, mesh, rules, seed=3)
+    state, _ = create_train_state(model, init_inputs(model, None), tx, mesh, rules, seed=3)
     manager = checkpoints.checkpoint_manager(str(tmp_path), max_to_keep=2, async_save=True)
-    signature = checkpoints.model_signature(config)
+    signature = model_signature(config)
     checkpoints.save(manager, 7, state, {"signature": signature, "step": 7})
     manager.wait_until_finished()
 
     model, tx, mesh2, rules = build(config, (1, 4, 2))
-    abstract, _ = abstract_train_state(model, tx, mesh2, rules)
+    abstract, _ = abstract_train_state(model, init_inputs(model, None), tx, mesh2, rules)
     step, restored, meta = checkpoints.restore_latest(
         checkpoints.checkpoint_manager(str(tmp_path), 2, False), abstract, signature)
     assert step == 7 and meta["step"] == 7
@@ -46,15 +50,15 @@ def test_save_then_restore_on_another_mesh(tmp_path):
 def test_restore_into_another_model_names_the_fields(tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))
-    state, _ = create_train_state(model, tx, mesh, rules, seed=0)
+    state, _ = create_train_state(model, init_inputs(model, None), tx, mesh, rules, seed=0)
     manager = checkpoints.checkpoint_manager(str(tmp_path), 2, False)
-    checkpoints.save(manager, 1, state, {"signature": checkpoints.model_signature(config)})
+    checkpoints.save(manager, 1, state, {"signature": model_signature(config)})
     other = tiny_pretrain_config("unused")
     other.model.width = 64
     other.model.depth = 2
     with pytest.raises(ConfigError, match=r"model.depth: checkpoint 1 vs config 2; model.width: checkpoint 32 vs "
                                           r"config 64"):
-        checkpoints.restore_latest(manager, None, checkpoints.model_signature(other))
+        checkpoints.restore_latest(manager, None, model_signature(other))
 
 
 def test_empty_dir_restores_nothing(tmp_path):
@@ -62,10 +66,24 @@ def test_empty_dir_restores_nothing(tmp_path):
 
 
 def test_locate_checkpoint(tmp_path):
-    assert checkpoints.locate_checkpoint(str(tmp_path)) == (str(tmp_path), None)
-    assert checkpoints.locate_checkpoint(str(tmp_path / "checkpoints" / "400")) == (str(tmp_path), 400)
+    assert run_dirs.locate_checkpoint(str(tmp_path)) == (str(tmp_path), None)
+    assert run_dirs.locate_checkpoint(str(tmp_path / "checkpoints" / "400")) == (str(tmp_path), 400)
     with pytest.raises(ConfigError, match="has no config.json"):
-        checkpoints.load_run_config(str(tmp_path))
+        read_run_config(str(tmp_path))
+
+
+def test_old_run_config_and_signature_read_with_the_new_field_names(tmp_path):
+    """Runs written before the objective blocks (model.mask_ratio / norm_pix_loss / decoder) still load."""
+    old = tiny_pretrain_config("unused").to_dict()
+    mae_block = old.pop("mae")
+    old["model"].update(mask_ratio=0.6, norm_pix_loss=False, decoder=mae_block["decoder"])
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = read_run_config(str(tmp_path / "checkpoints" / "3"))
+    assert (config.mae.mask_ratio, config.mae.norm_pix_loss) == (0.6, False)
+    assert config.mae.decoder.to_dict() == mae_block["decoder"] and "decoder" not in config.model
+    saved = {"objective": "mae", "model": {k: v for k, v in old["model"].items()
+                                           if k not in ("dtype", "remat", "mask_ratio", "norm_pix_loss", "drop_path")}}
+    checkpoints.check_signature(saved, model_signature(tiny_pretrain_config("unused")), str(tmp_path))
 
 
 def damage(step_dir):
@@ -81,13 +99,13 @@ def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))
     manager = checkpoints.checkpoint_manager(str(tmp_path), 3, False)
-    signature = checkpoints.model_signature(config)
+    signature = model_signature(config)
     states = {}
     for step in (1, 2):
-        states[step], _ = create_train_state(model, tx, mesh, rules, seed=step)
+        states[step], _ = create_train_state(model, init_inputs(model, None), tx, mesh, rules, seed=step)
         checkpoints.save(manager, step, states[step], {"signature": signature})
     damage(str(tmp_path / "checkpoints" / "2"))
-    abstract, _ = abstract_train_state(model, tx, mesh, rules)
+    abstract, _ = abstract_train_state(model, init_inputs(model, None), tx, mesh, rules)
     step, restored, _ = checkpoints.restore_latest(manager, abstract, signature)
     assert step == 1
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(states[1])):

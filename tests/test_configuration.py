@@ -1,9 +1,10 @@
 """Config files load and validate; each bad value is rejected with its field named."""
 import pytest
 
-from mim_jax import configuration
-from mim_jax.cli_flags import explain_unknown_override, load_config_file
-from mim_jax.configuration import ConfigError
+from mim_jax.config import defaults, validation
+from mim_jax.config.cli import explain_unknown_override, load_config_file
+from mim_jax.config.validation import ConfigError
+from mim_jax.objectives import registry
 
 
 @pytest.mark.parametrize("spec", ["configs/demo.py", "configs/pretrain.py:model=L/16", "configs/pretrain.py:model=6.5B/14,batch=4096"])
@@ -11,7 +12,7 @@ def test_shipped_configs_validate(spec):
     config = load_config_file(spec)
     if config.data.source == "arrayrecord":
         config.data.path = "/data/imagenet"
-    configuration.validate(config)
+    registry.validate(config)
 
 
 def test_paper_config_schedule():
@@ -24,7 +25,8 @@ def test_paper_config_schedule():
 def test_paper_sizes_name_a_planned_slice(model):
     """Every paper size at batch 4096 carries a v5p slice whose chip count its mesh fills."""
     import math
-    from mim_jax.plan import parse_topology
+
+    from mim_jax.cluster.plan import parse_topology
     config = load_config_file(f"configs/pretrain.py:model={model},recipe=maws")
     topology = parse_topology(config.plan.topology)
     assert topology.generation == "v5p" and config.data.global_batch_size == 4096
@@ -44,7 +46,7 @@ def test_unknown_recipe_is_named():
     ("optim.grad_accum_steps", 0, "optim.grad_accum_steps=0: must be a positive integer"),
     ("mesh.max_replicated_fraction", 1.5, "mesh.max_replicated_fraction=1.5: must lie in [0, 1]"),
     ("model.variant", "XL/16", "model.variant='XL/16': use one of"),
-    ("model.mask_ratio", 0.0, "must lie in (0, 1)"),
+    ("mae.mask_ratio", 0.0, "must lie in (0, 1)"),
     ("model.dtype", "float16", "model.dtype='float16'"),
     ("model.remat", "some", "model.remat='some'"),
     ("model.image_size", 70, "multiple of the patch size 16"),
@@ -66,7 +68,7 @@ def test_validation_names_the_field(field, value, message):
         node = node[p]
     node[leaf] = value
     with pytest.raises(ConfigError) as err:
-        configuration.validate(config)
+        registry.validate(config)
     assert message in str(err.value)
 
 
@@ -74,7 +76,7 @@ def test_arrayrecord_needs_a_path():
     config = load_config_file("configs/demo.py")
     config.data.source = "arrayrecord"
     with pytest.raises(ConfigError, match="data.path=''"):
-        configuration.validate(config)
+        registry.validate(config)
 
 
 def test_unknown_override_explained():
@@ -86,8 +88,8 @@ def test_workdir_checks(tmp_path):
     f = tmp_path / "file"
     f.write_text("keep")
     with pytest.raises(ConfigError, match="is a file"):
-        configuration.check_workdir(str(f))
-    assert configuration.check_workdir(str(tmp_path / "new")) == str(tmp_path / "new")
+        validation.check_workdir(str(f))
+    assert validation.check_workdir(str(tmp_path / "new")) == str(tmp_path / "new")
 
 
 @pytest.mark.parametrize("subset,message", [
@@ -103,7 +105,7 @@ def test_subset_validation_names_the_field(subset, message):
     config = load_config_file("configs/demo.py")
     config.data.subset.update(subset)
     with pytest.raises(ConfigError) as err:
-        configuration.validate(config)
+        registry.validate(config)
     assert message in str(err.value)
 
 
@@ -113,15 +115,15 @@ def test_subset_defaults_to_all_data_and_valid_kinds_pass():
     for subset in (dict(kind="random", count=500), dict(kind="random", fraction=0.1),
                    dict(kind="balanced", fraction=0.1), dict(kind="classes", num_classes=100)):
         config.data.subset.update(dict(kind="all", count=0, fraction=0.0, num_classes=0) | subset)
-        configuration.validate(config)
+        registry.validate(config)
 
 
 def test_teacher_runs_refuse_the_pixel_validation_loss():
-    config = configuration.base_config()
+    config = defaults.base_config()
     config.objective = "mae_teacher"
     config.teacher.type = "mae_run"
     config.evals.val_loss.every_steps = 100
     with pytest.raises(ConfigError, match="evals.val_loss.every_steps=100: the validation reconstruction loss"):
-        configuration.validate(config, check_data_path=False)
+        registry.validate(config, check_data_path=False)
     config.evals.val_loss.every_steps = 0
-    configuration.validate(config, check_data_path=False)
+    registry.validate(config, check_data_path=False)

@@ -18,16 +18,17 @@ from flax import linen as nn
 torch = pytest.importorskip("torch", reason="parity tests need the convert extra: pip install -e '.[convert]'")
 transformers = pytest.importorskip("transformers", reason="parity tests need the convert extra")
 
-from mim_jax.objectives import targets as objectives  # noqa: E402
-from mim_jax.configuration import ConfigError, base_config  # noqa: E402
+from mim_jax.config.defaults import base_config  # noqa: E402
+from mim_jax.config.validation import ConfigError  # noqa: E402
 from mim_jax.convert.__main__ import convert  # noqa: E402
 from mim_jax.convert.checkpoint_files import read_checkpoint, read_safetensors  # noqa: E402
 from mim_jax.convert.export import export_timm, timm_state_dict  # noqa: E402
 from mim_jax.convert.layouts import import_vit  # noqa: E402
 from mim_jax.convert.mae_checkpoints import import_mae  # noqa: E402
 from mim_jax.convert.native import load_native  # noqa: E402
-from mim_jax.models.mae import mae_from_config  # noqa: E402
 from mim_jax.models.teachers import TeacherViT, params_at_grid  # noqa: E402
+from mim_jax.objectives import targets as objectives  # noqa: E402
+from mim_jax.objectives.mae import build_mae  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
@@ -180,10 +181,11 @@ def official_mae_layout(sd: dict) -> dict:
 
 
 def mae_model_config():
-    c = base_config().model
-    c.update(dict(variant="Ti/16", width=32, depth=2, heads=2, mlp_dim=64, patch_size=8, image_size=32,
-                  dtype="float32", norm_pix_loss=True))
-    c.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=4))
+    c = base_config()
+    c.model.update(dict(variant="Ti/16", width=32, depth=2, heads=2, mlp_dim=64, patch_size=8, image_size=32,
+                        dtype="float32"))
+    c.mae.norm_pix_loss = True
+    c.mae.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=4))
     return c
 
 
@@ -191,7 +193,7 @@ def test_vitmae_same_loss_and_reconstruction(hf_mae, tmp_path):
     model, path = hf_mae
     arch, decoder, params = import_mae(*read_checkpoint(path))
     assert arch.positions == "sincos" and decoder.width == 16 and decoder.out_dim == 8 * 8 * 3
-    ours = mae_from_config(mae_model_config())
+    ours = build_mae(mae_model_config())
     x = pixels(batch=3)
     noise = np.random.default_rng(3).uniform(size=(3, 16)).astype(np.float32)
     init = nn.unbox(ours.init(jax.random.key(0), nhwc(x), jnp.asarray(noise))["params"])

@@ -1,4 +1,4 @@
-"""Multi-process runs: env rules of mim_jax.distributed, the local launcher, 2 processes == 1 process, resume on
+"""Multi-process runs: env rules of mim_jax.parallel.distributed, the local launcher, 2 processes == 1 process, resume on
 another process / device count, and a preemption that reaches one process."""
 import functools
 import io
@@ -14,8 +14,8 @@ import jax
 import pytest
 
 from conftest import tiny_pretrain_config, write_config_file
-from mim_jax import distributed
 from mim_jax.errors import ConfigError
+from mim_jax.parallel import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launch", "local_multihost.py")

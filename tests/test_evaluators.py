@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 
 from conftest import tiny_pretrain_config
-from mim_jax import checkpoints, configuration
+from mim_jax.config import defaults, validation
 from mim_jax.data import pipeline, records, synthetic
 from mim_jax.errors import ConfigError
 from mim_jax.evaluate.evaluators import EvalContext
 from mim_jax.evaluate.reconstruction import validation_loss
-from mim_jax.models.mae import mae_from_config
-from mim_jax.pretrained import load_run
-from mim_jax.sharding import logical_rules, make_mesh
-from mim_jax.train_step import mae_loss_fn, mask_noise, num_patches
+from mim_jax.objectives import mae, registry
+from mim_jax.objectives.mae import build_mae
+from mim_jax.parallel.sharding import logical_rules, make_mesh
+from mim_jax.train import checkpoints
+from mim_jax.train.runs import load_run
+from mim_jax.train.step import step_key
 
 
 def mesh_and_rules(shape, devices):
@@ -26,9 +28,9 @@ def mesh_and_rules(shape, devices):
 @pytest.fixture(scope="module")
 def tiny_model():
     config = tiny_pretrain_config("")
-    model = mae_from_config(config.model)
+    model = build_mae(config)
     images = np.zeros((1, 32, 32, 3), np.float32)
-    params = jax.jit(model.init)(jax.random.key(0), images, np.zeros((1, num_patches(model)), np.float32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), images, np.zeros((1, mae.num_patches(model)), np.float32))["params"]
     return model, jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
 
 
@@ -39,7 +41,8 @@ def test_validation_loss_is_the_mae_loss_with_fixed_masks_on_any_mesh(tiny_datas
                           rules=rules)
     # Reference: the train step's loss function on the same eval images with noise fold_in(key(5), batch 0).
     batch = next(pipeline.eval_batches(tiny_dataset, "val", batch_size=40, image_size=32))
-    ref = mae_loss_fn(model, True)(params, batch["image"], mask_noise(5, 0, (40, num_patches(model))))
+    sampled = mae.sample_noise(model, None, step_key(5, 0), 40)
+    ref, _ = mae.make_loss(model, tiny_pretrain_config(""))(params, {"image": batch["image"], **sampled}, None)
     assert one["loss"] == pytest.approx(float(ref), rel=1e-5)
     assert one["num_examples"] == 40
     mesh8, rules = mesh_and_rules((8, 1, 1), jax.devices())
@@ -93,12 +96,12 @@ def test_bad_eval_fields_name_the_field(field, value, message):
     name, key = field.split(".")
     config.evals[name][key] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        configuration.validate(config)
+        registry.validate(config)
 
 
 def test_finetune_recipe_fields_are_validated():
-    e = configuration.finetune_config("L/16")
+    e = defaults.finetune_config("L/16")
     assert (e.base_lr, e.layer_decay, e.drop_path, e.epochs) == (1e-3, 0.75, 0.1, 50)
     e.layer_decay = 1.5
     with pytest.raises(ConfigError, match=r"eval.layer_decay=1.5: must lie in \(0, 1\]"):
-        configuration.validate_eval(e, "eval")
+        validation.validate_eval(e, "eval")

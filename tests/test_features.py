@@ -7,15 +7,15 @@ import pytest
 from conftest import tiny_pretrain_config
 from mim_jax.data import pipeline
 from mim_jax.evaluate import features
-from mim_jax.models.mae import mae_from_config
-from mim_jax.sharding import logical_rules, make_mesh
+from mim_jax.objectives.mae import build_mae
+from mim_jax.parallel.sharding import logical_rules, make_mesh
 
 
 def extract(dataset, mesh_shape, devices, pool):
     config = tiny_pretrain_config(dataset)
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=config.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg, devices), logical_rules(mesh_cfg)
-    encoder = mae_from_config(config.model).encoder
+    encoder = build_mae(config).encoder
     params = jax.jit(encoder.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))["params"]
     params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
     return features.extract_features(encoder, params, dataset, "val", pool=pool, batch_size=16, mesh=mesh,
@@ -47,12 +47,12 @@ TWO_PROCESS_SCRIPT = """
 import sys
 import jax
 import numpy as np
-from mim_jax import distributed
+from mim_jax.parallel import distributed
 distributed.initialize()
-from mim_jax.configuration import base_config
+from mim_jax.config.defaults import base_config
 from mim_jax.evaluate import features
 from mim_jax.models.vit import Encoder
-from mim_jax.sharding import logical_rules, make_mesh
+from mim_jax.parallel.sharding import logical_rules, make_mesh
 dataset, out = sys.argv[1], sys.argv[2]
 mesh_cfg = base_config().mesh
 mesh_cfg.shape = (4, 2, 1)

@@ -5,10 +5,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mim_jax import optim
-from mim_jax.configuration import finetune_config
+from mim_jax.config.defaults import finetune_config
 from mim_jax.evaluate import finetune as ft
-from mim_jax.models.vit import Encoder, VIT_SIZES, drop_path
+from mim_jax.models.vit import VIT_SIZES, Encoder, drop_path
+from mim_jax.train import optim
 
 
 def b16_classifier_params():

@@ -8,19 +8,21 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from mim_jax import flops
-from mim_jax.models import mae
-from mim_jax.train_step import mae_loss_fn
+from mim_jax.models import flops
+from mim_jax.objectives import mae
+from mim_jax.parallel import chips
+from mim_jax.train.program import train_flops_per_step
 
 
 def model_config(variant="B/16", width=0, depth=0, heads=0, mlp_dim=0, patch_size=0, image_size=224,
                  mask_ratio=0.75, decoder=(512, 8, 16, 4)):
-    """The `config.model` fields mae_from_config reads, written out so the reference numbers stay fixed."""
+    """The config fields build_mae reads (model, mae), written out so the reference numbers stay fixed."""
     dw, dd, dh, dr = decoder
     return ml_collections.ConfigDict(dict(
-        variant=variant, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_size=patch_size,
-        image_size=image_size, mask_ratio=mask_ratio, dtype="float32", remat="none",
-        decoder=dict(width=dw, depth=dd, heads=dh, mlp_ratio=dr)))
+        objective="mae", data=dict(global_batch_size=1),
+        model=dict(variant=variant, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, patch_size=patch_size,
+                   image_size=image_size, dtype="float32", remat="none", drop_path=0.0),
+        mae=dict(mask_ratio=mask_ratio, norm_pix_loss=True, decoder=dict(width=dw, depth=dd, heads=dh, mlp_ratio=dr))))
 
 
 # Small but matmul-dominated: wide enough that XLA's elementwise FLOPs (GELU's erf polynomial, layer norms,
@@ -54,16 +56,14 @@ def hlo_dot_flops(hlo_text: str) -> float:
 def compiled_small():
     """The real MAE loss (forward) and loss+grad (train), both layer stacks fully unrolled, compiled on CPU."""
     cfg = model_config(**SMALL)
-    model = mae.mae_from_config(cfg)
-    model = model.clone(encoder=model.encoder.clone(scan_unroll=model.encoder.depth),
-                        decoder=model.decoder.clone(scan_unroll=model.decoder.depth))
-    images = jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.uint8)
-    noise = jax.ShapeDtypeStruct((BATCH, 16), jnp.float32)
-    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 16))))
+    model = mae.build_mae(cfg, unroll=True)
+    batch = {"image": jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.uint8),
+             "noise": jax.ShapeDtypeStruct((BATCH, 16), jnp.float32)}
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *mae.init_inputs(model, cfg)))
     params = jax.tree.map(lambda b: b.value, params["params"], is_leaf=lambda b: hasattr(b, "value"))
-    loss = mae_loss_fn(model, norm_pix_loss=True)
-    return cfg, {"forward": jax.jit(loss).lower(params, images, noise).compile(),
-                 "train": jax.jit(jax.value_and_grad(loss)).lower(params, images, noise).compile()}
+    loss = lambda p, b: mae.make_loss(model, cfg)(p, b, None)[0]
+    return cfg, {"forward": jax.jit(loss).lower(params, batch).compile(),
+                 "train": jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()}
 
 
 @pytest.mark.parametrize("kind", ["forward", "train"])
@@ -81,9 +81,9 @@ def test_counter_agrees_with_xla_cost_analysis(compiled_small, kind):
     cfg, compiled = compiled_small
     hlo = compiled[kind].as_text()
     assert " while(" not in hlo and "convolution(" not in hlo and "custom-call(" not in hlo
-    forward = flops.mae_forward_flops_per_example(cfg)
-    ours = forward if kind == "forward" else flops.mae_train_flops_per_example(cfg)
-    patch_embed = flops.mae_forward_flops_breakdown(cfg)["patch_embed"]
+    forward = sum(mae.forward_flops_breakdown(cfg).values())
+    ours = forward if kind == "forward" else mae.flops_per_example(cfg)
+    patch_embed = mae.forward_flops_breakdown(cfg)["patch_embed"]
     exact = forward if kind == "forward" else ours - patch_embed
     assert hlo_dot_flops(hlo) / BATCH == exact
     xla = compiled[kind].cost_analysis()["flops"] / BATCH
@@ -111,9 +111,10 @@ def test_b16_mae_closed_form():
     cfg = model_config()
     expected = b16_mae_by_hand()
     assert expected == 19_562_266_624
-    assert flops.mae_forward_flops_per_example(cfg) == expected
-    assert flops.mae_train_flops_per_example(cfg) == 3 * expected
-    assert flops.train_flops_per_step(cfg, 4096) == 4096 * 3 * expected
+    assert sum(mae.forward_flops_breakdown(cfg).values()) == expected
+    assert mae.flops_per_example(cfg) == 3 * expected
+    cfg.data.global_batch_size = 4096
+    assert train_flops_per_step(cfg) == 4096 * 3 * expected
 
 
 def test_b16_encoder_forward_matches_published_figure():
@@ -121,24 +122,16 @@ def test_b16_encoder_forward_matches_published_figure():
     counts one multiply-add as ONE op, so the figure is 17.6 G multiply-adds = ~35.2 GFLOPs in our 2*m*n*k
     convention (check: 2 * 86M params * 197 tokens = 34 GFLOPs before attention)."""
     cfg = model_config()
-    gflops = flops.vit_forward_flops_per_example(cfg) / 1e9
+    gflops = flops.vit_forward_flops_per_example(cfg.model) / 1e9
     assert abs(gflops / 2 / 17.6 - 1) < 0.02, gflops
     d = flops.encoder_forward_flops_per_example(768, 12, 3072, tokens=197, patch_dim=768)
-    assert d == flops.vit_forward_flops_per_example(cfg)
-
-
-def test_teacher_forward_counted_once():
-    cfg = model_config(**SMALL)
-    teacher = flops.vit_forward_flops_per_example(model_config())
-    student = flops.mae_train_flops_per_example(cfg)
-    assert flops.mae_train_flops_per_example(cfg, teacher_forward_flops=teacher) == student + teacher
-    assert flops.train_flops_per_step(cfg, 8, teacher_forward_flops=teacher) == 8 * (student + teacher)
+    assert d == flops.vit_forward_flops_per_example(cfg.model)
 
 
 def test_mfu_by_hand():
     # 6e15 FLOPs per step at 0.5 steps/s on 8 chips of 989 TFLOP/s: 3e15 / 7.912e15.
-    assert flops.mfu(6e15, 0.5, 8, 989e12) == pytest.approx(3e15 / 7.912e15, rel=1e-12)
-    assert flops.mfu(6e15, 0.5, 8, 989e12) == pytest.approx(0.379171, abs=1e-6)
+    assert chips.mfu(6e15, 0.5, 8, 989e12) == pytest.approx(3e15 / 7.912e15, rel=1e-12)
+    assert chips.mfu(6e15, 0.5, 8, 989e12) == pytest.approx(0.379171, abs=1e-6)
 
 
 def _device(kind, platform="gpu", **attrs):
@@ -151,22 +144,22 @@ def _device(kind, platform="gpu", **attrs):
     ("TPU v6 lite", "tpu", 918), ("NVIDIA A100-SXM4-40GB", "gpu", None), ("TPU v99", "tpu", None),
 ])
 def test_peak_lookup(kind, platform, tflops):
-    peak = flops.peak_flops_per_device(_device(kind, platform))
+    peak = chips.peak_flops_per_device(_device(kind, platform))
     assert peak == (None if tflops is None else tflops * 1e12)
 
 
 def test_peak_is_per_device_when_megacore_is_off():
     """v4 with megacore (the default) is one device per chip (num_cores=2); AOT topologies show two devices per
     chip (num_cores=1, see DEPS.md), each then holds half the chip peak so summed MFU stays right."""
-    assert flops.peak_flops_per_device(_device("TPU v4", "tpu", num_cores=2)) == 275e12
-    assert flops.peak_flops_per_device(_device("TPU v4", "tpu", num_cores=1)) == 137.5e12
-    assert flops.peak_flops_per_device(_device("TPU v5", "tpu", num_cores=2)) == 459e12
-    assert flops.peak_flops_per_device(_device("TPU v5 lite", "tpu", num_cores=1)) == 197e12
+    assert chips.peak_flops_per_device(_device("TPU v4", "tpu", num_cores=2)) == 275e12
+    assert chips.peak_flops_per_device(_device("TPU v4", "tpu", num_cores=1)) == 137.5e12
+    assert chips.peak_flops_per_device(_device("TPU v5", "tpu", num_cores=2)) == 459e12
+    assert chips.peak_flops_per_device(_device("TPU v5 lite", "tpu", num_cores=1)) == 197e12
 
 
 def test_no_peak_on_cpu():
-    assert flops.peak_flops_per_device(jax.devices("cpu")[0]) is None
-    assert flops.peak_flops_per_device(_device("cpu", "cpu")) is None
+    assert chips.peak_flops_per_device(jax.devices("cpu")[0]) is None
+    assert chips.peak_flops_per_device(_device("cpu", "cpu")) is None
 
 
 def test_teacher_forward_matches_compiled_matmuls():
@@ -187,9 +180,9 @@ def test_teacher_forward_matches_compiled_matmuls():
 def test_clip_teacher_step_by_hand():
     """B/16 student with a CLIP B/16 teacher at 224: 3x the MAE forward with a 512-d prediction head, plus the
     teacher's forward once (197 tokens, 12 blocks, projection of every token), from the built program."""
-    from mim_jax.configuration import base_config
-    from mim_jax.sharding import make_mesh
-    from mim_jax.train_step import build_program
+    from mim_jax.config.defaults import base_config
+    from mim_jax.parallel.sharding import make_mesh
+    from mim_jax.train.program import build_program
     c = base_config()
     c.objective = "mae_teacher"
     c.data.global_batch_size = 8
@@ -198,4 +191,4 @@ def test_clip_teacher_step_by_hand():
     teacher = 2 * 196 * 768 * d + 12 * (2 * (4 * d * d + 2 * d * m) * s + 4 * s * s * d) + 2 * s * 512 * d
     student = b16_mae_by_hand() - 2 * 512 * 768 * s + 2 * 512 * 512 * s  # prediction head: 768 pixels -> 512
     assert program.model.decoder.out_dim == 512
-    assert program.train_flops_per_step(c) == 8 * (3 * student + teacher)
+    assert train_flops_per_step(c) == 8 * (3 * student + teacher)

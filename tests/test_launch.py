@@ -243,7 +243,7 @@ def test_job_body_waits_through_sigterm_for_the_checkpoint(tmp_path):
 
 
 def test_launchers_agree_on_the_preemption_exit_code(tpu_pod):
-    from mim_jax.preemption import PREEMPTED_EXIT_CODE
+    from mim_jax.train.preemption import PREEMPTED_EXIT_CODE
     with open(JOB_BODY) as f:
         assert f"\nPREEMPTED_EXIT_CODE={PREEMPTED_EXIT_CODE} " in f.read()
     assert tpu_pod.PREEMPTED_EXIT_CODE == load_script("local_multihost").PREEMPTED_EXIT_CODE == PREEMPTED_EXIT_CODE

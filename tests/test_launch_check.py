@@ -1,8 +1,13 @@
 """Launchers load the workers' config with its overrides and check it against the job shape before submitting."""
 import pytest
 
+from mim_jax.cluster.launch_check import (
+    check_job,
+    load_pretrain_config,
+    pretrain_flag,
+    split_at_dashes,
+)
 from mim_jax.errors import ConfigError
-from mim_jax.launch_check import check_job, load_pretrain_config, pretrain_flag, split_at_dashes
 
 L16 = "--config=configs/pretrain.py:model=L/16"
 

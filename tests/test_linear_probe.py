@@ -11,7 +11,6 @@ import pytest
 
 from mim_jax.evaluate import linear_probe as lp
 
-
 # --------------------------------------------------------------------------- references
 
 

@@ -4,16 +4,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax.configuration import base_config
+from mim_jax.config.defaults import base_config
 from mim_jax.models import mae
+from mim_jax.objectives.mae import build_mae
 
 
 def small_mae(mask_ratio=0.75):
-    c = base_config().model
-    c.update(dict(variant="Ti/16", width=64, depth=2, heads=4, mlp_dim=128, image_size=32, patch_size=8,
-                  mask_ratio=mask_ratio, dtype="float32"))
-    c.decoder.update(dict(width=32, depth=1, heads=2, mlp_ratio=2))
-    return mae.mae_from_config(c)
+    c = base_config()
+    c.model.update(dict(variant="Ti/16", width=64, depth=2, heads=4, mlp_dim=128, image_size=32, patch_size=8,
+                        dtype="float32"))
+    c.mae.mask_ratio = mask_ratio
+    c.mae.decoder.update(dict(width=32, depth=1, heads=2, mlp_ratio=2))
+    return build_mae(c)
 
 
 @pytest.mark.parametrize("length,ratio", [(16, 0.75), (196, 0.75), (10, 0.5), (7, 0.9)])

@@ -9,8 +9,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import make_run_dir, tiny_pretrain_config
-from mim_jax import checkpoints, pretrain
-from mim_jax.nonfinite import NonFiniteError, NonFiniteWatch
+from mim_jax.train import checkpoints
+from mim_jax.train import loop as pretrain
+from mim_jax.train.nonfinite import NonFiniteError, NonFiniteWatch
 
 
 def test_watch_names_the_first_offending_step():

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mim_jax import optim
-from mim_jax.configuration import base_config
+from mim_jax.config.defaults import base_config
+from mim_jax.train import optim
 
 
 def optim_cfg(**kw):
@@ -25,6 +25,16 @@ def test_schedule_warmup_then_cosine():
     for step in (30, 60, 109):
         expected = 0.5 * peak * (1 + math.cos(math.pi * (step - 10) / 100))
         assert float(sched(step)) == pytest.approx(expected, abs=peak * 1e-6)
+
+
+def test_step_schedule_drops_the_peak_for_the_last_eighth():
+    """Xie et al.: linear warmup, the peak held, x0.1 from 7/8 of training on (closed form at every step)."""
+    cfg = optim_cfg(base_lr=4e-4, warmup_steps=5, schedule="step", step_decay_at=0.875, step_decay_factor=0.1)
+    sched = optim.learning_rate_schedule(cfg, 256, 80)
+    peak = 4e-4
+    for step in range(80):
+        expected = peak * step / 5 if step < 5 else (peak if step < 70 else 0.1 * peak)
+        assert float(sched(step)) == pytest.approx(expected, rel=1e-6, abs=1e-12), step
 
 
 def test_weight_decay_mask_by_name():

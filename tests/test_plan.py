@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from mim_jax import flops, plan
-from mim_jax.configuration import base_config
+from mim_jax.cluster import plan
+from mim_jax.config.defaults import base_config
 from mim_jax.errors import ConfigError
+from mim_jax.train.program import train_flops_per_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +20,7 @@ def tiny_config(mesh_shape, batch=16):
     """A 3.4M-parameter MAE whose dims are multiples of 128 (TPU tiles pad smaller minor dims)."""
     c = base_config()
     c.model.update(dict(variant="Ti/16", width=256, depth=2, heads=2, mlp_dim=1024, image_size=64, patch_size=16))
-    c.model.decoder.update(dict(width=256, depth=1, heads=2, mlp_ratio=2))
+    c.mae.decoder.update(dict(width=256, depth=1, heads=2, mlp_ratio=2))
     c.data.global_batch_size = batch
     c.mesh.shape = mesh_shape
     return c
@@ -27,8 +28,8 @@ def tiny_config(mesh_shape, batch=16):
 
 def state_bytes_per_device(config, topology):
     """Bytes of params + AdamW state one device holds: each leaf divided by the mesh axes it is split over."""
-    from mim_jax.sharding import make_mesh
-    from mim_jax.train_step import build_program
+    from mim_jax.parallel.sharding import make_mesh
+    from mim_jax.train.program import build_program
     mesh = make_mesh(config.mesh, plan.topology_devices(topology))
     program = build_program(config, mesh)
     total = 0
@@ -51,7 +52,7 @@ def test_tiny_model_plans_and_fits(topology, mesh_shape):
     assert state <= report.argument_bytes <= 1.15 * state + 256 * 1024
     # The state is donated: the new state reuses the old buffers; only the metrics are fresh outputs.
     assert report.alias_bytes >= state and report.output_bytes - report.alias_bytes < 16 * 1024
-    assert report.model_flops_per_step == flops.train_flops_per_step(config.model, 16)
+    assert report.model_flops_per_step == train_flops_per_step(config)
     # XLA's count of the unrolled loss + gradient (elementwise ops included) is within 10% of ours.
     assert abs(report.model_flops_per_step / report.xla_flops_per_step - 1) < 0.1
     assert report.xla_flops_per_device > 0

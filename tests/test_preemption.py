@@ -2,7 +2,7 @@
 import os
 import signal
 
-from mim_jax import preemption
+from mim_jax.train import preemption
 
 
 def test_signals_request_preemption_and_handlers_are_restored():

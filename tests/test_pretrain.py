@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import tiny_pretrain_config, write_config_file
-from mim_jax import preemption, pretrain
+from mim_jax.train import loop as pretrain
+from mim_jax.train import preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,8 +80,8 @@ def cli(workdir, *overrides, config="configs/demo.py"):
 def tiny_overrides(dataset_dir, total_steps):
     return [f"--config.total_steps={total_steps}", "--config.model.depth=1", "--config.model.width=32",
             "--config.model.heads=2", "--config.model.mlp_dim=64", "--config.model.patch_size=8",
-            "--config.model.image_size=32", "--config.model.decoder.width=16", "--config.model.decoder.depth=1",
-            "--config.model.decoder.heads=2", "--config.data.source=arrayrecord",
+            "--config.model.image_size=32", "--config.mae.decoder.width=16", "--config.mae.decoder.depth=1",
+            "--config.mae.decoder.heads=2", "--config.data.source=arrayrecord",
             f"--config.data.path={dataset_dir}", "--config.data.global_batch_size=16", "--config.ckpt.every_steps=5",
             "--config.log.every_steps=1", "--config.evals.linear_probe.at_end=false"]
 
@@ -192,7 +193,8 @@ def test_killed_and_preempted_runs_reproduce_uninterrupted_losses(kill_test_conf
     ("--config.data.bogus=3", "config.data has no field 'bogus'"),
     ("--config.modle.depth=2", "(did you mean --config.model?)"),
     ("--config.data.global_batch_size=0", "data.global_batch_size=0: must be a positive integer"),
-    ("--config.model.mask_ratio=1.5", "model.mask_ratio=1.5: must lie in (0, 1)"),
+    ("--config.mae.mask_ratio=1.5", "mae.mask_ratio=1.5: must lie in (0, 1)"),
+    ("--config.model.mask_ratio=0.6", "--config.model.mask_ratio: the field moved; use --config.mae.mask_ratio"),
     ("--config.data.path=/nonexistent/data", "data.path='/nonexistent/data' does not exist"),
     ("--config.mesh.shape=(3,1,1)", "mesh.shape=(3, 1, 1) uses 3 devices but 8 are available"),
     ("--config.data.global_batch_size=12", "data.global_batch_size=12 does not split into optim.grad_accum_steps=1 "
@@ -218,7 +220,7 @@ def test_workdir_that_is_a_file(tmp_path):
 
 
 def test_standalone_evals_equal_end_of_run_evals(finished_run, tmp_path):
-    from mim_jax.cli_flags import load_config_file
+    from mim_jax.config.cli import load_config_file
     from mim_jax.evaluate.__main__ import evaluate
     workdir, config = finished_run
     for eval_name, keys in (("linear_probe", ("top1", "top5")), ("knn", ("top1", "top5"))):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mim_jax import configuration
+from mim_jax.config import defaults, validation
 from mim_jax.data import pipeline, synthetic
 from mim_jax.data import randaugment as ra
 from mim_jax.errors import ConfigError
@@ -65,13 +65,13 @@ def test_bad_specs_name_the_field_and_the_fix(spec, why):
 
 
 def test_finetune_config_carries_and_validates_the_spec():
-    e = configuration.finetune_config("B/16")
+    e = defaults.finetune_config("B/16")
     assert e.auto_augment == MAE
     e.auto_augment = "rand-m9-q1"
     with pytest.raises(ConfigError, match=r"evals\.finetune\.auto_augment='rand-m9-q1': unknown section"):
-        configuration.validate_eval(e, "evals.finetune")
+        validation.validate_eval(e, "evals.finetune")
     e.auto_augment = ""
-    configuration.validate_eval(e, "evals.finetune")
+    validation.validate_eval(e, "evals.finetune")
 
 
 def test_op_lists_are_timms():
@@ -233,7 +233,7 @@ def test_finetune_batches_use_the_configured_spec(dataset):
     from mim_jax.evaluate import finetune as ft  # imports jax: keep it local
 
     ctx = types.SimpleNamespace(dataset_dir=dataset, train_split="train", seed=0)
-    e = configuration.finetune_config("Ti/16")
+    e = defaults.finetune_config("Ti/16")
     e.update({"batch_size": 8, "crop_scale": (0.2, 1.0)})
     ours = list(itertools.islice(ft.finetune_batches(ctx, e, 24), 2))
     for a, b in zip(ours, _batches(dataset, 2, crop_scale=(0.2, 1.0))):

@@ -5,10 +5,10 @@ import pytest
 from flax import traverse_util
 
 from conftest import make_run_dir, tiny_pretrain_config
-from mim_jax import checkpoints, resume
 from mim_jax.errors import ConfigError
-from mim_jax.sharding import make_mesh
-from mim_jax.train_step import build_program
+from mim_jax.parallel.sharding import make_mesh
+from mim_jax.train import checkpoints, resume
+from mim_jax.train.program import build_program, model_signature
 
 
 def flat(tree):
@@ -37,13 +37,13 @@ def start(config, workdir):
 def test_init_from_loads_the_encoder_only(source_run, tmp_path, capsys):
     run_dir, source = source_run
     config = tiny_pretrain_config("unused")
-    config.model.decoder.width = 24  # another decoder: only the encoder can come from the source run
+    config.mae.decoder.width = 24  # another decoder: only the encoder can come from the source run
     config.init_from = run_dir
     step, state = start(config, str(tmp_path / "new"))
     assert step == 0 and int(state.step) == 0
     assert_trees_equal(state.params["encoder"], source["encoder"])
     scratch_config = tiny_pretrain_config("unused")
-    scratch_config.model.decoder.width = 24
+    scratch_config.mae.decoder.width = 24
     _, scratch = start(scratch_config, str(tmp_path / "scratch"))
     assert_trees_equal(state.params["decoder"], scratch.params["decoder"])  # the run's own init (seed 0)
     assert_trees_equal(state.opt_state, scratch.opt_state)  # fresh AdamW moments
@@ -98,7 +98,7 @@ def test_resume_from_path_restores_full_state_and_own_checkpoint_wins(source_run
     assert_trees_equal(state.params, source)
     assert "of ckpt.resume_from=" in capsys.readouterr().out
     checkpoints.save(checkpoints.checkpoint_manager(workdir, 2, False), 6, state, {
-        "signature": checkpoints.model_signature(config)})
+        "signature": model_signature(config)})
     step, _ = start(config, workdir)
     assert step == 6 and "Resuming from checkpoint step 6 in" in capsys.readouterr().out
     other = tiny_pretrain_config("unused")

@@ -1,7 +1,7 @@
 """metrics.jsonl handling on resume and the progress-line helpers."""
 import json
 
-from mim_jax import run_log
+from mim_jax.train import run_log
 
 
 def test_truncate_metrics_keeps_steps_up_to_checkpoint(tmp_path):

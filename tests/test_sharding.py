@@ -4,7 +4,7 @@ import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mim_jax import sharding
+from mim_jax.parallel import sharding
 
 
 @pytest.mark.parametrize("shape,devices,expected", [
@@ -32,22 +32,23 @@ def test_batch_sharding_and_data_parallel_size():
 
 
 def tiny_model_config(mesh_shape):
-    from mim_jax.configuration import base_config
+    from mim_jax.config.defaults import base_config
     c = base_config()
     c.model.update(dict(variant="Ti/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=32, patch_size=8))
-    c.model.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
+    c.mae.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
     c.data.global_batch_size = 8
     c.mesh.shape = mesh_shape
     return c
 
 
 def abstract_params(mesh_shape):
-    from mim_jax import optim
-    from mim_jax.models.mae import mae_from_config
-    from mim_jax.train_step import abstract_train_state
+    from mim_jax.objectives.mae import build_mae, init_inputs
+    from mim_jax.train import optim
+    from mim_jax.train.state import abstract_train_state
     c = tiny_model_config(mesh_shape)
     mesh, rules = sharding.make_mesh(c.mesh), sharding.logical_rules(c.mesh)
-    abstract, shardings = abstract_train_state(mae_from_config(c.model), optim.make_optimizer(c.optim, 8, 10),
+    model = build_mae(c)
+    abstract, shardings = abstract_train_state(model, init_inputs(model, c), optim.make_optimizer(c.optim, 8, 10),
                                                mesh, rules)
     return abstract.params, shardings.params, mesh
 

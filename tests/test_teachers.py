@@ -6,15 +6,23 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from mim_jax.objectives import targets as objectives
-from mim_jax.configuration import ConfigError, validate
+from conftest import tiny_pretrain_config
 from mim_jax.convert.native import save_native
 from mim_jax.data.transforms import normalize
-from mim_jax.models.teachers import TeacherViT, ViTArch, interpolate_positions, teacher_inputs, \
-    torch_bicubic_matrix
-from mim_jax.sharding import global_batch, make_mesh
-from mim_jax.train_step import build_program, create_train_state, mask_noise
-from conftest import tiny_pretrain_config
+from mim_jax.errors import ConfigError
+from mim_jax.models.teachers import (
+    TeacherViT,
+    ViTArch,
+    interpolate_positions,
+    teacher_inputs,
+    torch_bicubic_matrix,
+)
+from mim_jax.objectives import targets as objectives
+from mim_jax.objectives.registry import validate
+from mim_jax.parallel.sharding import global_batch, make_mesh
+from mim_jax.train.program import build_program
+from mim_jax.train.runs import read_run_params
+from mim_jax.train.step import step_key
 
 BATCH = 16
 # A CLIP-style tower (QuickGELU, eps 1e-5, no patch bias, ln_pre, projection) at 32 px / patch 16 = grid 2;
@@ -68,10 +76,10 @@ def test_teacher_params_frozen_and_outside_optimizer(tmp_path):
     validate(c, check_data_path=False)
     mesh = make_mesh(ml_collections.ConfigDict(dict(shape=(2, 1, 1))), jax.devices()[:2])
     program = build_program(c, mesh)
-    assert program.teacher.image_size == 64 and program.teacher.arch.grid_size == 4
+    assert program.frozen.info["image_size"] == 64 and program.frozen.info["arch"].grid_size == 4
     assert program.model.decoder.out_dim == 24  # decoder predicts the teacher's projected features
-    state, _ = create_train_state(program.model, program.tx, mesh, program.rules, c.seed)
-    teacher = load_teacher_params(c.teacher, program.teacher, mesh, program.rules)
+    state, _ = program.init_state(c.seed)
+    teacher = load_teacher_params(c.teacher, program.frozen, mesh, program.rules, read_run_params)
     before = jax.device_get(teacher)
     # Position table interpolated 2x2 -> 4x4 at load (CLS row kept).
     assert before["pos_embed"].shape == (17, 32)
@@ -85,8 +93,8 @@ def test_teacher_params_frozen_and_outside_optimizer(tmp_path):
         losses.append(float(metrics["loss"]))
     # Step 0's loss is Eq. 1 of the student's predictions (step-0 mask) against the teacher's features.
     x = normalize(images)
-    pred = program.model.apply({"params": initial}, x, mask_noise(c.seed, 0, (BATCH, 16)))["pred_with_cls"]
-    features = program.teacher.module.apply({"params": before}, teacher_inputs(images, program.teacher.arch, 64))
+    pred = program.model.apply({"params": initial}, x, jax.random.uniform(step_key(c.seed, 0), (BATCH, 16)))["pred_with_cls"]
+    features = program.frozen.module.apply({"params": before}, teacher_inputs(images, program.frozen.info["arch"], 64))
     assert losses[0] == pytest.approx(eq1_reference(np.asarray(pred), np.asarray(features)), rel=1e-5)
     assert np.all(np.isfinite(losses)) and len(set(losses)) == 3
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), jax.device_get(state.params), initial)
@@ -149,10 +157,10 @@ def test_h14_student_runs_a_b16_clip_teacher_on_its_grid():
     validate(c, check_data_path=False)  # no weights: B/16 CLIP shapes, for plans
     c.mesh.shape = (1, 1, 1)
     program = build_program(c, make_mesh(c.mesh, jax.devices()[:1]))
-    assert (program.teacher.image_size, program.teacher.arch.grid_size, program.teacher.arch.patch_size) == \
+    assert (program.frozen.info["image_size"], program.frozen.info["arch"].grid_size, program.frozen.info["arch"].patch_size) == \
         (256, 16, 16)
-    assert program.teacher.abstract_params["pos_embed"].shape == (1 + 16 * 16, 768)
-    assert program.teacher.abstract_params["proj"].dtype == jnp.bfloat16
+    assert program.frozen.abstract_params["pos_embed"].shape == (1 + 16 * 16, 768)
+    assert program.frozen.abstract_params["proj"].dtype == jnp.bfloat16
     assert program.model.decoder.out_dim == 512
     with pytest.raises(ValueError, match="target='pixels'"):
         module.get_config("target=pixels")
@@ -160,7 +168,7 @@ def test_h14_student_runs_a_b16_clip_teacher_on_its_grid():
 
 def test_a_teacher_run_reloads_with_its_feature_decoder(tmp_path):
     """Evaluation rebuilds a mae_teacher run's MAE with the teacher-width prediction head (not p*p*3 pixels)."""
-    from mim_jax.pretrained import run_model
+    from mim_jax.train.program import build_model as run_model
     c = teacher_config("", random_teacher_file(tmp_path / "clip.safetensors"))
     assert run_model(ml_collections.ConfigDict(c.to_dict())).decoder.out_dim == 24
     c.teacher.feature = "last_block"

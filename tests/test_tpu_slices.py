@@ -1,8 +1,8 @@
 """TPU accelerator types -> chips, hosts, runtime images; plan topologies -> accelerator types."""
 import pytest
 
+from mim_jax.cluster.tpu_slices import parse_accelerator_type, slice_for_topology
 from mim_jax.errors import ConfigError
-from mim_jax.tpu_slices import parse_accelerator_type, slice_for_topology
 
 
 @pytest.mark.parametrize("name, chips, hosts, runtime", [

@@ -9,11 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from mim_jax import optim
-from mim_jax.configuration import base_config
-from mim_jax.models.mae import mae_from_config
-from mim_jax.sharding import global_batch, logical_rules, make_mesh
-from mim_jax.train_step import create_train_state, make_train_step, mask_noise
+from mim_jax.config.defaults import base_config
+from mim_jax.objectives import mae
+from mim_jax.objectives.mae import build_mae, init_inputs
+from mim_jax.parallel.sharding import global_batch, logical_rules, make_mesh
+from mim_jax.train import optim
+from mim_jax.train.state import create_train_state
+from mim_jax.train.step import make_train_step, step_key
 
 BATCH = 8
 
@@ -22,7 +24,7 @@ def tiny_config():
     c = base_config()
     c.model.update(dict(variant="Ti/16", width=32, depth=2, heads=2, mlp_dim=64, image_size=32, patch_size=8,
                         dtype="float32"))
-    c.model.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
+    c.mae.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
     c.optim.update(dict(base_lr=3e-2, warmup_steps=1))
     c.data.global_batch_size = BATCH
     return c
@@ -32,13 +34,14 @@ def run_steps(mesh_shape, devices, num_steps=3, sgd=False, micro_batches=1):
     c = tiny_config()
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=c.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg, devices), logical_rules(mesh_cfg)
-    model = mae_from_config(c.model)
+    model = build_mae(c)
     # SGD keeps updates linear in the gradients, so parameter differences show gradient differences
     # directly; Adam would amplify reduction-order noise on near-zero gradients to a full lr step.
     tx = optax.sgd(0.5) if sgd else optim.make_optimizer(c.optim, BATCH, 10)
-    state, shardings = create_train_state(model, tx, mesh, rules, seed=0)
-    step = make_train_step(model, optim.learning_rate_schedule(c.optim, BATCH, 10), 0, True, mesh, rules,
-                           shardings, BATCH, micro_batches)
+    state, shardings = create_train_state(model, init_inputs(model, c), tx, mesh, rules, seed=0)
+    c.optim.grad_accum_steps = micro_batches
+    step = make_train_step(mae.OBJECTIVE, model, c, optim.learning_rate_schedule(c.optim, BATCH, 10), mesh, rules,
+                           shardings)
     rng = np.random.default_rng(0)
     local = {"image": rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 10, (BATCH,), dtype=np.int32)}
@@ -80,7 +83,7 @@ def test_gradient_accumulation_equals_full_batch(single_device_runs, mesh_shape,
 
 
 def test_micro_batches_are_strided_rows():
-    from mim_jax.train_step import split_micro_batches
+    from mim_jax.train.step import split_micro_batches
     x = np.arange(12 * 2).reshape(12, 2)
     parts = np.asarray(split_micro_batches(x, 4))
     assert parts.shape == (4, 3, 2)
@@ -128,24 +131,29 @@ def test_params_are_sharded_as_the_rules_say():
     c = tiny_config()
     mesh_cfg = ml_collections.ConfigDict(dict(shape=(1, 4, 2), rules=c.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg), logical_rules(mesh_cfg)
-    model = mae_from_config(c.model)
-    state, _ = create_train_state(model, optim.make_optimizer(c.optim, BATCH, 10), mesh, rules, seed=0)
+    model = build_mae(c)
+    state, _ = create_train_state(model, init_inputs(model, c), optim.make_optimizer(c.optim, BATCH, 10), mesh, rules,
+                                  seed=0)
     fc1 = state.params["encoder"]["blocks"]["layers"]["mlp"]["fc1"]["kernel"]  # (layers, embed, mlp)
     assert fc1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     mu = state.opt_state[0].mu["encoder"]["blocks"]["layers"]["mlp"]["fc1"]["kernel"]
     assert mu.sharding.spec == fc1.sharding.spec
 
 
-def test_mask_noise_depends_on_seed_and_step_only():
-    a = np.asarray(mask_noise(0, 5, (4, 16)))
-    np.testing.assert_array_equal(a, np.asarray(mask_noise(0, 5, (4, 16))))
-    assert not np.array_equal(a, np.asarray(mask_noise(0, 6, (4, 16))))
-    assert not np.array_equal(a, np.asarray(mask_noise(1, 5, (4, 16))))
+def test_step_randomness_depends_on_seed_and_step_only():
+    model = build_mae(tiny_config())
+    noise = lambda seed, step: np.asarray(mae.sample_noise(model, None, step_key(seed, step), 4)["noise"])
+    a = noise(0, 5)
+    assert a.shape == (4, 16)
+    np.testing.assert_array_equal(a, noise(0, 5))
+    np.testing.assert_array_equal(a, np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(0), 5), (4, 16))))
+    assert not np.array_equal(a, noise(0, 6))
+    assert not np.array_equal(a, noise(1, 5))
 
 
 def test_bfloat16_compute_keeps_fp32_params_optimizer_and_loss():
     """model.dtype=bfloat16: matmuls in bf16; params, AdamW moments and the loss stay float32."""
-    from mim_jax.train_step import build_program
+    from mim_jax.train.program import build_program
     losses = {}
     for dtype in ("float32", "bfloat16"):
         c = tiny_config()
@@ -153,7 +161,7 @@ def test_bfloat16_compute_keeps_fp32_params_optimizer_and_loss():
         c.mesh.shape = (1, 1, 1)
         mesh = make_mesh(c.mesh, jax.devices()[:1])
         program = build_program(c, mesh)
-        state, _ = create_train_state(program.model, program.tx, mesh, program.rules, seed=0)
+        state, _ = program.init_state(0)
         rng = np.random.default_rng(0)
         local = {"image": rng.integers(0, 256, (BATCH, 32, 32, 3), dtype=np.uint8),
                  "label": np.zeros((BATCH,), np.int32)}

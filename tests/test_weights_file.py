@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 
 from conftest import make_run_dir, tiny_pretrain_config
-from mim_jax.cli_flags import load_config_file
+from mim_jax.config.cli import load_config_file
 from mim_jax.convert.__main__ import convert
 from mim_jax.convert.native import save_native
 from mim_jax.errors import ConfigError
@@ -16,7 +16,7 @@ from mim_jax.evaluate import finetune as ft
 from mim_jax.evaluate.__main__ import evaluate
 from mim_jax.evaluate.weights_file import load_weights_file
 from mim_jax.models.teachers import TeacherViT, ViTArch, interpolate_positions
-from mim_jax.sharding import logical_rules, make_mesh
+from mim_jax.parallel.sharding import logical_rules, make_mesh
 
 MAWS_LIKE = ViTArch(32, 2, 2, 64, 8, 4, positions="learned")  # timm layout: learned positions, GELU, eps 1e-6
 HF_DINO_LIKE = ViTArch(32, 2, 2, 64, 8, 4, positions="learned", ln_eps=1e-12)  # transformers ViTModel

@@ -3,7 +3,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mim_jax.configuration import fewshot_config, knn_config, validate_eval
+from mim_jax.config.defaults import fewshot_config, knn_config
+from mim_jax.config.validation import validate_eval
 from mim_jax.errors import ConfigError
 from mim_jax.evaluate import evaluators
 from mim_jax.evaluate.knn import knn_accuracy

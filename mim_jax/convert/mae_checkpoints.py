@@ -10,9 +10,19 @@ from typing import Optional
 
 import numpy as np
 
-from mim_jax.convert.layouts import HF_VIT, TIMM, Layout, _block, _linear, _norm, count_blocks, find_layout, \
-    import_vit, stack_blocks
-from mim_jax.convert.layouts import SINCOS_ATOL
+from mim_jax.convert.layouts import (
+    HF_VIT,
+    SINCOS_ATOL,
+    TIMM,
+    Layout,
+    _block,
+    _linear,
+    _norm,
+    count_blocks,
+    find_layout,
+    import_vit,
+    stack_blocks,
+)
 from mim_jax.errors import ConfigError
 from mim_jax.models.teachers import ViTArch
 from mim_jax.models.vit import sincos_2d
@@ -41,7 +51,7 @@ HF_DECODERS = tuple(DecoderLayout("decoder.decoder_embed", "decoder.mask_token",
 
 @dataclasses.dataclass(frozen=True)
 class DecoderDims:
-    """Decoder sizes found in a checkpoint (what config.model.decoder must hold to use it)."""
+    """Decoder sizes found in a checkpoint (what config.mae.decoder must hold to use it)."""
     width: int
     depth: int
     heads: int

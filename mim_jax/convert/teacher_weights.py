@@ -6,14 +6,21 @@ or, for teacher.type=mae_run, the workdir of an earlier pretraining run of this 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
+from mim_jax.config.run_config import read_run_config
 from mim_jax.convert import native
 from mim_jax.convert.checkpoint_files import read_checkpoint
 from mim_jax.convert.layouts import import_vit
-from mim_jax.models.teachers import DEFAULT_ARCHS, ViTArch, encoder_arch, params_at_grid, place_teacher_params
+from mim_jax.models.teachers import (
+    DEFAULT_ARCHS,
+    ViTArch,
+    encoder_arch,
+    params_at_grid,
+    place_teacher_params,
+)
 
 MAE_B16 = ViTArch(768, 12, 12, 3072, 16, 14)
 _HOST_CACHE: dict = {}  # (path, heads) -> (arch, host params): read once for the arch, reused for the weights
@@ -36,23 +43,25 @@ def teacher_arch(teacher_cfg) -> ViTArch:
     if teacher_cfg.type == "mae_run":
         if not teacher_cfg.weights:
             return MAE_B16
-        from mim_jax.checkpoints import load_run_config, locate_checkpoint
-        return encoder_arch(load_run_config(locate_checkpoint(teacher_cfg.weights)[0]).model)
+        return encoder_arch(read_run_config(teacher_cfg.weights).model)
     if not teacher_cfg.weights:
         return DEFAULT_ARCHS[teacher_cfg.type]
     return _read_weights(teacher_cfg.weights, teacher_cfg.heads)[0]
 
 
-def load_teacher_params(teacher_cfg, teacher, mesh, rules) -> Any:
-    """The teacher's weights as global arrays in `teacher.shardings` and teacher.dtype (positions on its grid)."""
+def load_teacher_params(teacher_cfg, teacher, mesh, rules, read_run: Callable) -> Any:
+    """The teacher's weights as global arrays in `teacher.shardings` and teacher.dtype (positions on its grid).
+
+    `teacher` is the objective's Frozen (module, abstract params, shardings); `read_run(path, mesh, rules)`
+    returns an earlier run's params (teacher.type=mae_run).
+    """
     if teacher_cfg.type == "mae_run":
-        from mim_jax.pretrained import load_run
-        _, _, params, _ = load_run(teacher_cfg.weights, mesh, rules)
+        params = read_run(teacher_cfg.weights, mesh, rules)
         dtype = teacher.module.dtype
         encoder = _select(params["encoder"], teacher.abstract_params)
         return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p), out_shardings=teacher.shardings)(encoder)
     arch, host = _read_weights(teacher_cfg.weights, teacher_cfg.heads)
-    host = params_at_grid(host, arch, teacher.arch.grid_size)
+    host = params_at_grid(host, arch, teacher.module.arch.grid_size)
     _HOST_CACHE.pop((teacher_cfg.weights, teacher_cfg.heads), None)
     return place_teacher_params(_select(host, teacher.abstract_params), teacher.abstract_params)
 

@@ -37,8 +37,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from mim_jax.data import records
-from mim_jax.data.ingest_sources import (PARQUET_IMAGE_COLUMNS, UNLABELED, Source, UnreadableInput, hash_strings,
-                                         open_source)
+from mim_jax.data.ingest_sources import (
+    PARQUET_IMAGE_COLUMNS,
+    UNLABELED,
+    Source,
+    UnreadableInput,
+    hash_strings,
+    open_source,
+)
 
 WORK_DIR = ".ingest"  # Per-split plan, per-shard counts and index parts (what makes resuming possible).
 TOOL = "mim_jax.data.ingest"

@@ -8,23 +8,25 @@ from __future__ import annotations
 
 import jax
 
-from mim_jax import configuration, distributed
 from mim_jax import workdir as run_dirs
-from mim_jax.cli_flags import run_cli
-from mim_jax.configuration import ConfigError
+from mim_jax.config import validation
+from mim_jax.config.cli import run_cli
 from mim_jax.data.sources import resolve_dataset_dir
+from mim_jax.errors import ConfigError
 from mim_jax.evaluate.evaluators import EvalContext, describe, run_evaluator
 from mim_jax.evaluate.results import write_eval
 from mim_jax.evaluate.weights_file import load_weights_file
-from mim_jax.pretrained import load_run
-from mim_jax.sharding import logical_rules, make_mesh
+from mim_jax.objectives import registry
+from mim_jax.parallel import distributed
+from mim_jax.parallel.sharding import logical_rules, make_mesh
+from mim_jax.train.runs import load_run
 
 
 def evaluate(config, workdir: str) -> dict:
     """Run the configured evaluator (config.eval) and write WORKDIR/evals/<config.name>.json."""
     distributed.initialize()
-    configuration.validate_eval(config.eval, "eval")
-    workdir = configuration.check_workdir(workdir)
+    validation.validate_eval(config.eval, "eval")
+    workdir = validation.check_workdir(workdir)
     if not config.init_from:
         raise ConfigError("init_from is empty; pass --config.init_from=PRETRAIN_WORKDIR")
     mesh = make_mesh(config.mesh)
@@ -36,7 +38,8 @@ def evaluate(config, workdir: str) -> dict:
     else:
         run_cfg, model, params, step = load_run(config.init_from, mesh, rules, config.random_init)
         data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
-        norm_pix_loss = run_cfg.model.norm_pix_loss
+        norm_pix_loss = run_cfg.mae.norm_pix_loss
+        check_applies(config.eval.type, run_cfg.get("objective", "mae"))
     ctx = EvalContext(model, params, resolve_dataset_dir(data_cfg), data_cfg.train_split, data_cfg.val_split, mesh,
                       rules, config.seed, norm_pix_loss)
     result = run_evaluator(ctx, config.eval)
@@ -45,6 +48,14 @@ def evaluate(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(f"{describe(config.name, config.eval.type, result)} (step {step}) -> {path}", flush=True)
     return result
+
+
+def check_applies(eval_type: str, objective_name: str) -> None:
+    """A ConfigError when the evaluator means nothing for the run's objective (e.g. recon_loss of SimMIM)."""
+    objective = registry.get(objective_name)
+    if eval_type not in objective.evaluators:
+        raise ConfigError(f"eval.type={eval_type!r} does not apply to a run of objective={objective_name!r} (it "
+                          f"supports {sorted(objective.evaluators)})")
 
 
 def load_file(config, mesh, rules) -> tuple:

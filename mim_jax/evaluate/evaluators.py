@@ -124,7 +124,9 @@ def run_recon_loss(ctx: EvalContext, e) -> dict:
 
 def run_finetune(ctx: EvalContext, e) -> dict:
     """End-to-end fine-tuning of the encoder (MAE recipe), val top-1."""
-    from mim_jax.evaluate.finetune import finetune_encoder  # heavy: training program, augmentation
+    from mim_jax.evaluate.finetune import (
+        finetune_encoder,  # heavy: training program, augmentation
+    )
     return finetune_encoder(ctx, e)
 
 

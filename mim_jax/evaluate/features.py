@@ -8,8 +8,7 @@ import numpy as np
 from mim_jax.data import pipeline
 from mim_jax.data.transforms import normalize
 from mim_jax.models.vit import Encoder
-from mim_jax.sharding import global_batch, replicated
-from mim_jax.train_step import sharding_context
+from mim_jax.parallel.sharding import global_batch, replicated, sharding_context
 
 POOLS = ("cls", "mean")
 

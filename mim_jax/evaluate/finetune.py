@@ -19,13 +19,17 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from mim_jax import optim
 from mim_jax.data import pipeline
 from mim_jax.data.transforms import normalize
 from mim_jax.errors import ConfigError
 from mim_jax.models.vit import Encoder, layer_norm, partitioned
-from mim_jax.sharding import global_batch, replicated, state_shardings
-from mim_jax.train_step import sharding_context
+from mim_jax.parallel.sharding import (
+    global_batch,
+    replicated,
+    sharding_context,
+    state_shardings,
+)
+from mim_jax.train import optim
 
 HEAD_INIT_STD = 2e-5
 ERASE_AREA = (0.02, 1 / 3)

@@ -10,7 +10,7 @@ import jax
 
 from mim_jax.evaluate.evaluators import EvalContext, describe, headline, run_evaluator
 from mim_jax.evaluate.results import write_eval
-from mim_jax.run_log import RunLog
+from mim_jax.train.run_log import RunLog
 
 RANDOM_INIT_SUFFIX = "_random_init"
 
@@ -34,7 +34,7 @@ class TrainingEvals:
         """A fresh evaluation context (feature cache) for one set of parameters."""
         c = self.config
         return EvalContext(self.model, params, self.dataset_dir, c.data.train_split, c.data.val_split, self.mesh,
-                           self.rules, c.seed, c.model.norm_pix_loss)
+                           self.rules, c.seed, c.mae.norm_pix_loss)
 
     def due(self, step: int) -> list[str]:
         """Names of the evaluators whose period divides `step`."""

@@ -10,19 +10,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mim_jax.objectives import targets as objectives
 from mim_jax.data import pipeline
 from mim_jax.data.transforms import normalize
 from mim_jax.models.mae import MAE
-from mim_jax.sharding import global_batch, replicated
-from mim_jax.train_step import mask_noise, num_patches, sharding_context
+from mim_jax.objectives import targets
+from mim_jax.objectives.mae import num_patches
+from mim_jax.parallel.sharding import global_batch, replicated, sharding_context
+from mim_jax.train.step import step_key
 
 
 def per_example_loss(model: MAE, params, images: jax.Array, noise: jax.Array, norm_pix_loss: bool) -> jax.Array:
     """[B] MAE loss of each image (mean squared error over its masked patches)."""
     x = normalize(images)
     outputs = model.apply({"params": params}, x, noise)
-    target = objectives.pixel_targets(x, model.encoder.patch_size, norm_pix_loss)
+    target = targets.pixel_targets(x, model.encoder.patch_size, norm_pix_loss)
     per_patch = jnp.mean((outputs["pred"].astype(jnp.float32) - target) ** 2, axis=-1)
     return jnp.sum(per_patch * outputs["mask"], axis=1) / jnp.sum(outputs["mask"], axis=1)
 
@@ -30,7 +31,7 @@ def per_example_loss(model: MAE, params, images: jax.Array, noise: jax.Array, no
 def make_loss_fn(model: MAE, norm_pix_loss: bool, seed: int, batch_size: int, mesh, rules):
     """run(params, batch, batch_index) -> (summed loss over real examples, count), replicated."""
     def batch_loss(params, batch, batch_index):
-        noise = mask_noise(seed, batch_index, (batch_size, num_patches(model)))
+        noise = jax.random.uniform(step_key(seed, batch_index), (batch_size, num_patches(model)), jnp.float32)
         losses = per_example_loss(model, params, batch["image"], noise, norm_pix_loss)
         mask = batch["mask"].astype(jnp.float32)
         return jnp.sum(losses * mask), jnp.sum(mask)

@@ -13,10 +13,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mim_jax.convert.loading import load_any
 from mim_jax.errors import ConfigError
-from mim_jax.models.teachers import ViTArch, abstract_params, params_at_grid, place_teacher_params
+from mim_jax.models.teachers import (
+    ViTArch,
+    abstract_params,
+    params_at_grid,
+    place_teacher_params,
+)
 from mim_jax.models.vit import Encoder
-from mim_jax.train_step import sharding_context
+from mim_jax.parallel.sharding import sharding_context
 
 # What the evaluators' Encoder fixes; an imported arch must agree on each.
 ENCODER_FIXED = dict(activation="gelu", patch_bias=True, ln_pre=False, proj_dim=0, mean_std=ViTArch.mean_std)
@@ -48,7 +54,6 @@ def load_weights_file(path: str, image_size: int, mesh, rules, random_init: bool
 
     With `random_init`, the same architecture at a fresh initialization from `seed` (a baseline).
     """
-    from mim_jax.convert.__main__ import load_any  # torch / safetensors only when a file is read
     arch, _, host = load_any(path)
     encoder = encoder_for(arch, image_size, path)
     abstract, shardings = abstract_params(encoder, encoder.image_size, jnp.float32, mesh, rules)

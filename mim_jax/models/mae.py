@@ -5,8 +5,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mim_jax.models.vit import BlockStack, Encoder, encoder_from_config, layer_norm, partitioned, sincos_2d, \
-    xavier_uniform
+from mim_jax.models.vit import (
+    BlockStack,
+    Encoder,
+    layer_norm,
+    partitioned,
+    sincos_2d,
+    xavier_uniform,
+)
 
 
 def num_visible(length: int, mask_ratio: float) -> int:
@@ -73,19 +79,9 @@ class MAE(nn.Module):
     decoder: Decoder
     mask_ratio: float = 0.75
 
-    def __call__(self, images: jax.Array, noise: jax.Array) -> dict:
+    def __call__(self, images: jax.Array, noise: jax.Array, train: bool = False) -> dict:
         """Mask by `noise` [B, L], encode the visible tokens, decode all L patch predictions."""
         masking = random_masking(noise, self.mask_ratio)
-        latent = self.encoder(images, keep_ids=masking["keep_ids"])
+        latent = self.encoder(images, keep_ids=masking["keep_ids"], train=train)
         pred = self.decoder(latent, masking["restore_ids"])
         return {"pred": pred[:, 1:], "pred_with_cls": pred, "mask": masking["mask"]}
-
-
-def mae_from_config(model_cfg, out_dim: int = 0) -> MAE:
-    """Build an MAE from `config.model`; the decoder predicts `out_dim` per token (0: p*p*3 pixels)."""
-    encoder = encoder_from_config(model_cfg)
-    dec = model_cfg.decoder
-    decoder = Decoder(width=dec.width, depth=dec.depth, heads=dec.heads, mlp_dim=dec.mlp_ratio * dec.width,
-                      grid_size=encoder.grid_size, out_dim=out_dim or encoder.patch_size ** 2 * 3,
-                      remat=model_cfg.remat, dtype=encoder.dtype)
-    return MAE(encoder=encoder, decoder=decoder, mask_ratio=model_cfg.mask_ratio)

@@ -22,7 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mim_jax.errors import ConfigError
-from mim_jax.models.vit import LN_EPS, BlockStack, PatchEmbed, layer_norm, partitioned, sincos_2d
+from mim_jax.models.vit import (
+    LN_EPS,
+    BlockStack,
+    PatchEmbed,
+    layer_norm,
+    partitioned,
+    sincos_2d,
+)
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))

@@ -1,6 +1,6 @@
 """ViT encoder (MAE flavour): size table, pre-LN blocks stacked with scan, fixed 2-D sin-cos positions.
 
-Every parameter dimension carries a logical axis name (see `mim_jax.sharding`):
+Every parameter dimension carries a logical axis name (see `mim_jax.parallel.sharding`):
   embed, mlp, heads, head_dim, patch, layers; activations carry (batch, seq, act_embed).
 """
 from __future__ import annotations
@@ -301,11 +301,15 @@ class Encoder(nn.Module):
 
 
 
-def encoder_from_config(model_cfg) -> Encoder:
-    """Build the encoder of `model_cfg` (variant + overrides, image size, remat, dtype)."""
+def encoder_from_config(model_cfg, unroll: bool = False) -> Encoder:
+    """Build the encoder of `model_cfg` (variant + overrides, image size, remat, dtype, drop path).
+
+    `unroll` unrolls the block scan (a loop-free program, for XLA's exact FLOP count).
+    """
     dims = resolve_dims(model_cfg)
     return Encoder(**dims, image_size=model_cfg.image_size, remat=model_cfg.remat,
-                   dtype=jnp.dtype(model_cfg.dtype))
+                   dtype=jnp.dtype(model_cfg.dtype), drop_path_rate=model_cfg.get("drop_path", 0.0),
+                   scan_unroll=dims["depth"] if unroll else 1)
 
 
 def resolve_dims(model_cfg) -> dict:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mim_jax.nonfinite import wrap_optimizer
+from mim_jax.train.nonfinite import wrap_optimizer
 
 # Leaves never decayed: biases and LayerNorm scales (the 1-D params of a ViT; scanned layers add a
 # leading 'layers' axis, so the rule goes by name, not by ndim).
@@ -20,10 +20,23 @@ def peak_learning_rate(optim_cfg, global_batch_size: int) -> float:
     return optim_cfg.base_lr * global_batch_size / 256
 
 
+SCHEDULES = ("cosine", "step")
+
+
 def learning_rate_schedule(optim_cfg, global_batch_size: int, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to the peak over `optim.warmup_steps`, then cosine to `optim.min_lr`."""
+    """Linear warmup from 0 to the peak over `optim.warmup_steps`, then by `optim.schedule`:
+
+    cosine (MAE) decays to `optim.min_lr`; step (Xie et al.) holds the peak, then multiplies it by
+    `optim.step_decay_factor` from step round(step_decay_at * total_steps) on.
+    """
     peak = peak_learning_rate(optim_cfg, global_batch_size)
     warmup = min(optim_cfg.warmup_steps, total_steps)
+    if optim_cfg.get("schedule", "cosine") == "step":
+        decay_step = max(round(optim_cfg.step_decay_at * total_steps), warmup)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup),
+             optax.piecewise_constant_schedule(peak, {decay_step - warmup: optim_cfg.step_decay_factor})],
+            [warmup])
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.min_lr)

@@ -10,8 +10,9 @@ from typing import Callable, Optional, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from mim_jax.configuration import ConfigError
+from mim_jax.config.run_config import RENAMED
 from mim_jax.data.records import DatasetError
+from mim_jax.errors import ConfigError
 
 
 def load_config_file(spec: str):
@@ -36,6 +37,9 @@ def explain_unknown_override(argv: Sequence[str]) -> Optional[str]:
         if not arg.startswith("--config."):
             continue
         name = arg[2:].split("=", 1)[0]
+        for old, new in RENAMED.items():
+            if name == f"config.{old}" or name.startswith(f"config.{old}."):
+                return f"--{name}: the field moved; use --config.{new}{name[len('config.' + old):]}"
         node, parts = config, name.split(".")[1:]
         for i, part in enumerate(parts):
             keys = list(node.keys()) if hasattr(node, "keys") else []

@@ -1,13 +1,15 @@
 """Device mesh from config, logical-axis rules, and shardings for state and batches."""
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mim_jax.errors import ConfigError
 
@@ -165,3 +167,11 @@ def check_batch_split(global_batch_size: int, micro_batches: int, mesh_shape: Ma
             f"data.global_batch_size={global_batch_size} does not split into optim.grad_accum_steps="
             f"{micro_batches} micro-batches over the data-parallel size {dp} (mesh {dict(mesh_shape)}) and "
             f"{process_count} process(es); use a multiple of {step}")
+
+
+def sharding_context(mesh: Mesh, rules) -> contextlib.ExitStack:
+    """Mesh + logical-axis rules in scope, needed while tracing models with logical constraints."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(rules))
+    return stack

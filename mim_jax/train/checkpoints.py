@@ -20,9 +20,10 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from mim_jax import workdir as run_dirs
-from mim_jax.configuration import ConfigError
+from mim_jax.config.run_config import upgrade
+from mim_jax.errors import ConfigError
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = run_dirs.CHECKPOINT_DIR
 DAMAGED_DIR = "checkpoints_damaged"
 
 
@@ -45,17 +46,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, forc
     return manager.save(step, args=args, force=force)
 
 
-def model_signature(config) -> dict:
-    """The config fields that fix parameter shapes; a checkpoint only restores into a matching model."""
-    model = config.model.to_dict()
-    for key in ("dtype", "remat", "mask_ratio", "norm_pix_loss"):
-        model.pop(key, None)
-    signature = {"objective": config.objective, "model": model}
-    if config.optim.get("nonfinite", "stop") == "skip":  # apply_if_finite adds counters to the optimizer state
-        signature["optim"] = {"nonfinite": "skip"}
-    return signature
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -66,7 +56,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def check_signature(saved: dict, expected: dict, directory: str) -> None:
     """Raise naming every field where the checkpoint's model differs from the config's."""
-    saved_flat, expected_flat = _flatten(saved), _flatten(expected)
+    saved_flat, expected_flat = _flatten(upgrade(saved)), _flatten(expected)
     diffs = [f"{k}: checkpoint {saved_flat.get(k)!r} vs config {expected_flat.get(k)!r}"
              for k in sorted(set(saved_flat) | set(expected_flat)) if saved_flat.get(k) != expected_flat.get(k)]
     if diffs:
@@ -139,23 +129,3 @@ def report_damaged(manager: ocp.CheckpointManager, step: int, err: Exception, ta
         moved = f"moved it to {target}" if target else "left it in place"
         print(f"Warning: checkpoint {manager.directory}/{step} is damaged ({type(err).__name__}: {_first_line(err)});"
               f" {moved}; falling back to the previous complete step", file=sys.stderr, flush=True)
-
-
-def locate_checkpoint(init_from: str) -> tuple[str, Optional[int]]:
-    """(run workdir, step or None for latest) from a workdir or a WORKDIR/checkpoints/<step> path."""
-    path = os.path.abspath(os.path.expanduser(init_from))
-    parent, name = os.path.split(path.rstrip("/"))
-    if name.isdigit() and os.path.basename(parent) == CHECKPOINT_DIR:
-        return os.path.dirname(parent), int(name)
-    return path, None
-
-
-def load_run_config(run_dir: str):
-    """The resolved config a pretraining run wrote to RUN_DIR/config.json."""
-    import ml_collections
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"init_from={run_dir!r} has no config.json; point it at a pretraining workdir "
-                          f"(or WORKDIR/checkpoints/<step>)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))

@@ -13,10 +13,12 @@ from typing import Any
 import jax
 from flax import traverse_util
 
-from mim_jax import checkpoints
 from mim_jax import workdir as run_dirs
+from mim_jax.convert.loading import load_any
 from mim_jax.errors import ConfigError
-from mim_jax.train_step import Program, create_train_state
+from mim_jax.train import checkpoints
+from mim_jax.train.program import Program, model_signature
+from mim_jax.train.runs import load_run
 
 
 def say(message: str) -> None:
@@ -30,7 +32,7 @@ def restore_from_path(path: str, program: Program, signature: dict) -> tuple[int
 
     The other run's directory is only read: unreadable steps are skipped with a warning, never moved.
     """
-    run_dir, step = checkpoints.locate_checkpoint(path)
+    run_dir, step = run_dirs.locate_checkpoint(path)
     manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False)
     if step is None:
         restored = checkpoints.restore_latest(manager, program.abstract_state, signature, set_aside=False)
@@ -87,10 +89,8 @@ def init_source(init_from: str, program: Program) -> tuple[Any, Any]:
     {'encoder'[, 'decoder']} on the host; its step is reported as 'file'.
     """
     if not run_dirs.is_local_file(init_from):
-        from mim_jax.pretrained import load_run  # imports the evaluation model loader only when used
         _, _, source, step = load_run(init_from, program.mesh, program.rules)
         return source, step
-    from mim_jax.convert.__main__ import load_any  # torch / safetensors only when a file is imported
     return load_any(init_from)[2], "file"
 
 
@@ -106,7 +106,7 @@ def init_weights(config, program: Program, state: Any) -> tuple[Any, dict]:
 
 def start_state(config, program: Program, manager) -> tuple[int, Any]:
     """(start_step, state) by the priority rules above; prints which one applied."""
-    signature = checkpoints.model_signature(config)
+    signature = model_signature(config)
     restored = checkpoints.restore_latest(manager, program.abstract_state, signature)
     if restored is not None:
         say(f"Resuming from checkpoint step {restored[0]} in {manager.directory}")
@@ -116,7 +116,7 @@ def start_state(config, program: Program, manager) -> tuple[int, Any]:
         say(f"Resuming from checkpoint step {step} of ckpt.resume_from={config.ckpt.resume_from} "
             f"(no checkpoint in {manager.directory} yet)")
         return step, state
-    state, _ = create_train_state(program.model, program.tx, program.mesh, program.rules, config.seed)
+    state, _ = program.init_state(config.seed)
     if config.init_from:
         return 0, init_weights(config, program, state)[0]
     say("Starting from scratch (no checkpoint in workdir, no ckpt.resume_from or init_from)")

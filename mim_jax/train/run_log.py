@@ -54,7 +54,9 @@ class RunLog:
             truncate_metrics(self.path, start_step)
             if tensorboard:
                 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
-                from clu import metric_writers  # imports TensorFlow: keep it out of module import time
+                from clu import (
+                    metric_writers,  # imports TensorFlow: keep it out of module import time
+                )
                 self._writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
         self._last_time = time.perf_counter()
         self._last_step = start_step

@@ -1,37 +1,35 @@
-"""Load a pretraining run's model and weights (latest or a given step) for evaluation and inspection."""
+"""Load a pretraining run's model and weights (latest or a given step) for evaluation, teachers and init_from."""
 from __future__ import annotations
 
 import logging
 import os
 from typing import Any
 
+import flax.linen as nn
 import orbax.checkpoint as ocp
 
-from mim_jax import checkpoints, optim
-from mim_jax.configuration import ConfigError
-from mim_jax.models.mae import MAE, mae_from_config
-from mim_jax.train_step import abstract_train_state, create_train_state
+from mim_jax import workdir as run_dirs
+from mim_jax.config.run_config import read_run_config
+from mim_jax.errors import ConfigError
+from mim_jax.objectives import registry
+from mim_jax.train import checkpoints, optim
+from mim_jax.train.state import abstract_train_state, create_train_state
 
 
-def run_model(run_cfg) -> MAE:
-    """The MAE a run trained: its decoder predicts pixels, or the teacher's features (objective mae_teacher)."""
-    if run_cfg.get("objective", "mae") != "mae_teacher":
-        return mae_from_config(run_cfg.model)
-    from mim_jax.convert.teacher_weights import teacher_arch
-    return mae_from_config(run_cfg.model, teacher_arch(run_cfg.teacher).feature_dim(run_cfg.teacher.feature))
+def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[Any, nn.Module, Any, int]:
+    """(run config, model, all params, step) from RUN_DIR or RUN_DIR/checkpoints/<step>.
 
-
-def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[Any, MAE, Any, int]:
-    """(run config, MAE model, all params, step) from RUN_DIR or RUN_DIR/checkpoints/<step>.
-
-    With `random_init`, the params are the run's initialization (same seed), at step 0.
+    The model is the one the run's objective trains. With `random_init`, the params are the run's
+    initialization (same seed), at step 0.
     """
-    run_dir, step = checkpoints.locate_checkpoint(init_from)
-    run_cfg = checkpoints.load_run_config(run_dir)
-    model = run_model(run_cfg)
+    run_dir, step = run_dirs.locate_checkpoint(init_from)
+    run_cfg = read_run_config(run_dir)
+    objective = registry.get(run_cfg.get("objective", "mae"))
+    model = objective.build_model(run_cfg)
+    inputs = objective.init_inputs(model, run_cfg)
     tx = optim.make_optimizer(run_cfg.optim, run_cfg.data.global_batch_size, run_cfg.total_steps)
     if random_init:
-        state, _ = create_train_state(model, tx, mesh, rules, run_cfg.seed)
+        state, _ = create_train_state(model, inputs, tx, mesh, rules, run_cfg.seed)
         return run_cfg, model, state.params, 0
     manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False)
     step = manager.latest_step() if step is None else step
@@ -39,9 +37,14 @@ def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[An
         raise ConfigError(f"init_from={init_from!r}: no complete checkpoint found "
                           f"(available steps: {list(manager.all_steps())})")
     check_has_encoder(run_dir, step, init_from)
-    abstract, _ = abstract_train_state(model, tx, mesh, rules)
+    abstract, _ = abstract_train_state(model, inputs, tx, mesh, rules)
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     return run_cfg, model, state.params, step
+
+
+def read_run_params(path: str, mesh, rules) -> Any:
+    """All params of the run at `path` (latest or given step) on `mesh`: what a frozen run-teacher loads."""
+    return load_run(path, mesh, rules)[2]
 
 
 def saved_param_groups(run_dir: str, step: int) -> list[str]:

@@ -15,9 +15,14 @@ from typing import Callable, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from mim_jax import configuration
 from mim_jax.errors import ConfigError
-from mim_jax.sharding import MESH_AXES, check_batch_split, logical_rules, resolve_mesh_shape
+from mim_jax.objectives import registry
+from mim_jax.parallel.sharding import (
+    MESH_AXES,
+    check_batch_split,
+    logical_rules,
+    resolve_mesh_shape,
+)
 
 
 def split_at_dashes(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -62,7 +67,7 @@ def check_job(config, num_devices: int, num_processes: int, job: str) -> tuple[i
     Returns the resolved (data, fsdp, tensor) mesh shape; raises ConfigError naming the config field, the
     job shape (`job`, e.g. '2 nodes x 8 GPUs') and the fix.
     """
-    configuration.validate(config, check_data_path=False)
+    registry.validate(config, check_data_path=False)
     try:
         shape = resolve_mesh_shape(config.mesh.shape, num_devices)
     except ConfigError as err:

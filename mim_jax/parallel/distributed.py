@@ -124,7 +124,7 @@ def detect_cluster() -> Optional[type]:
         from jax._src import clusters
         candidates = list(clusters.ClusterEnv._cluster_types)
     except (ImportError, AttributeError):  # private API moved: only the explicit variables work then
-        logging.warning("mim_jax.distributed: jax cluster detection unavailable; set %s", ", ".join(EXPLICIT_VARS))
+        logging.warning("mim_jax.parallel.distributed: jax cluster detection unavailable; set %s", ", ".join(EXPLICIT_VARS))
         return None
     for env in candidates:
         if getattr(env, "name", "") in AUTO_CLUSTERS and not getattr(env, "opt_in_only_method", False):
@@ -184,7 +184,7 @@ def _backends_initialized() -> bool:
 def _start(plan: Plan) -> None:
     """jax.distributed.initialize for an explicit or auto plan."""
     if _backends_initialized():
-        raise RuntimeError(f"mim_jax.distributed.initialize() must run before any jax computation or "
+        raise RuntimeError(f"mim_jax.parallel.distributed.initialize() must run before any jax computation or "
                            f"jax.devices() call in a multi-process run ({plan.mode}, {plan.num_processes} "
                            f"processes), but a jax backend is already initialized")
     local: Optional[Sequence[int]] = list(plan.local_device_ids) if plan.local_device_ids is not None else None
