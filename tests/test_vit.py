@@ -137,3 +137,37 @@ def test_bad_variant_and_width():
         vit.lookup_size("XL/16")
     with pytest.raises(ValueError, match="not divisible by model.heads"):
         vit.resolve_dims(model_cfg("Ti/16", width=100, heads=3))
+
+
+def manual_forward(enc, params, x, token_mask):
+    """The encoder composed by hand: patch embed, mask token on masked rows, sin-cos positions, CLS, blocks, norm."""
+    tokens = np.asarray(vit.PatchEmbed(enc.width, enc.patch_size).apply({"params": params["patch_embed"]}, x))
+    tokens = np.where(np.asarray(token_mask)[..., None] == 1, np.asarray(params["mask_token"]), tokens)
+    pos = vit.sincos_2d(enc.width, enc.grid_size)
+    cls = np.broadcast_to(np.asarray(params["cls_token"]) + pos[None, :1], (x.shape[0], 1, enc.width))
+    tokens = np.concatenate([cls, tokens + pos[None, 1:]], axis=1)
+    stack = vit.BlockStack(enc.width, enc.depth, enc.heads, enc.mlp_dim)
+    tokens = stack.apply({"params": params["blocks"]}, jnp.asarray(tokens))
+    return np.asarray(vit.layer_norm(jnp.float32, "norm").apply({"params": params["norm"]}, tokens))
+
+
+def test_token_mask_replaces_masked_embeddings_before_positions():
+    enc, x, variables = init_small(depth=2, width=64)
+    token_mask = jnp.array([[1, 0, 0, 1], [0, 1, 1, 1]], jnp.float32)
+    masked_vars = enc.init(jax.random.key(0), x, token_mask=token_mask)
+    assert "mask_token" not in variables["params"]  # the unmasked (MAE) tree is unchanged
+    params = nn.unbox(masked_vars["params"])
+    assert params["mask_token"].shape == (1, 1, 64)
+    assert masked_vars["params"]["mask_token"].names == (None, None, "embed")
+    assert np.std(np.asarray(params["mask_token"])) == pytest.approx(0.02, rel=0.5)
+    out = np.asarray(enc.apply({"params": params}, x, token_mask=token_mask))
+    np.testing.assert_allclose(out, manual_forward(enc, params, x, token_mask), rtol=1e-5, atol=1e-5)
+    # Pixels under masked patches (16-px patches of a 32-px image: patch 0 = top-left) no longer matter.
+    changed = x.at[0, :16, :16].add(5.0).at[1, 16:, 16:].add(5.0)
+    np.testing.assert_array_equal(np.asarray(enc.apply({"params": params}, changed, token_mask=token_mask)), out)
+    # An all-zero mask is the plain encoder, bit for bit.
+    plain = {k: v for k, v in params.items() if k != "mask_token"}
+    np.testing.assert_array_equal(np.asarray(enc.apply({"params": params}, x, token_mask=jnp.zeros((2, 4)))),
+                                  np.asarray(enc.apply({"params": plain}, x)))
+    with pytest.raises(ValueError, match=r"token_mask has shape \(2, 5\)"):
+        enc.apply({"params": params}, x, token_mask=jnp.zeros((2, 5)))

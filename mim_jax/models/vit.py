@@ -253,7 +253,7 @@ class BlockStack(nn.Module):
 
 
 class Encoder(nn.Module):
-    """ViT encoder: patch embed + fixed positions, optional token subset (MAE), CLS, blocks, final norm."""
+    """ViT encoder: patch embed, optional mask token (SimMIM), positions, optional token subset (MAE), CLS, blocks."""
     width: int
     depth: int
     heads: int
@@ -274,9 +274,16 @@ class Encoder(nn.Module):
         return self.image_size // self.patch_size
 
     @nn.compact
-    def __call__(self, images: jax.Array, keep_ids: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
-        """[B, H, W, C] -> [B, 1 + T, D] after the final norm; T = N, or keep_ids.shape[1] when given."""
+    def __call__(self, images: jax.Array, keep_ids: Optional[jax.Array] = None, train: bool = False,
+                 token_mask: Optional[jax.Array] = None) -> jax.Array:
+        """[B, H, W, C] -> [B, 1 + T, D] after the final norm; T = N, or keep_ids.shape[1] when given.
+
+        token_mask [B, N] (1 = masked, SimMIM): masked patch embeddings become the learned `mask_token`
+        before positions are added. The `mask_token` param exists only in models called with a token_mask.
+        """
         x = PatchEmbed(self.width, self.patch_size, self.dtype, name="patch_embed")(images)
+        if token_mask is not None:
+            x = self.replace_masked(x, token_mask)
         pos = self.position_table().astype(self.dtype)
         x = x + pos[None, 1:]
         if keep_ids is not None:
@@ -289,6 +296,14 @@ class Encoder(nn.Module):
         x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype, ln_eps=self.ln_eps,
                        scan_unroll=self.scan_unroll, drop_path_rate=self.drop_path_rate, name="blocks")(x, train)
         return layer_norm(self.dtype, "norm", self.ln_eps)(x) if self.final_norm else x
+
+    def replace_masked(self, x: jax.Array, token_mask: jax.Array) -> jax.Array:
+        """Tokens [B, N, D] with those where token_mask [B, N] is nonzero replaced by the `mask_token` param."""
+        if token_mask.shape != x.shape[:2]:
+            raise ValueError(f"token_mask has shape {token_mask.shape}; expected (batch, patches) = {x.shape[:2]}")
+        mask_token = self.param("mask_token", partitioned(nn.initializers.normal(0.02), (None, None, "embed")),
+                                (1, 1, self.width), jnp.float32)
+        return jnp.where(token_mask[..., None].astype(bool), mask_token.astype(self.dtype), x)
 
     def position_table(self) -> jax.Array:
         """[1 + N, D] positions: the fixed sin-cos table, or the learned `pos_embed` param."""
