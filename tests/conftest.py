@@ -19,13 +19,18 @@ def tiny_dataset(tmp_path_factory) -> str:
     return out
 
 
-def tiny_pretrain_config(dataset_dir: str, total_steps: int = 6):
-    """A seconds-long MAE config on `dataset_dir`: 32-px images, patch 8, width 32, batch 16."""
+def tiny_pretrain_config(dataset_dir: str, total_steps: int = 6, objective: str = "mae"):
+    """A seconds-long config on `dataset_dir`: 32-px images, patch 8, width 32, batch 16 (MAE decoder 16 wide;
+    SimMIM on 16-px mask cells, a 2 x 2 grid with 3 cells masked)."""
     c = base_config()
+    c.objective = objective
     c.total_steps = total_steps
     c.model.update(dict(variant="Ti/16", width=32, depth=1, heads=2, mlp_dim=64, patch_size=8, image_size=32,
                         dtype="float32"))
-    c.mae.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
+    if objective in ("mae", "mae_teacher"):
+        c.mae.decoder.update(dict(width=16, depth=1, heads=2, mlp_ratio=2))
+    if objective == "simmim":
+        c.simmim.mask_patch_size = 16
     c.data.update(dict(source="arrayrecord", path=dataset_dir, global_batch_size=16))
     c.optim.update(dict(base_lr=1e-3, warmup_steps=2))
     c.ckpt.update(dict(every_steps=3, max_to_keep=5, async_save=True))
