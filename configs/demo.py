@@ -5,7 +5,7 @@ encoder next to the same encoder at random init (one feature extraction per mode
 Usage: python -m mim_jax.pretrain --config=configs/demo.py --workdir=workdirs/demo
        python -m mim_jax.pretrain --config=configs/demo.py:patch8 --workdir=workdirs/demo_patch8
 The patch8 variant (patch 8, batch 128, 800 steps; ~3x the compute) learns features on which kNN and few-shot
-also separate clearly from random init (README, Evaluation).
+also separate clearly from random init (docs/evaluation.md).
 """
 import ml_collections
 
@@ -63,7 +63,7 @@ def shared_config() -> ml_collections.ConfigDict:
     for name in ("knn", "fewshot"):  # same features as the probe: extracted once per model
         proxy = c.evals[name]
         # Whitened: on raw cosine geometry this small MAE's features sit near chance for both encoders, their
-        # variance being mostly colour and background (README, Evaluation).
+        # variance being mostly colour and background (docs/evaluation.md).
         proxy.update(dict(at_end=True, random_init_baseline=True, pool=probe.pool, whiten=True,
                           max_train_examples=probe.max_train_examples, feature_batch_size=probe.feature_batch_size))
 

@@ -10,7 +10,7 @@ random erasing 0.25, cosine to min_lr 1e-6, RandAugment `eval.auto_augment="rand
 applied on the host after RandomResizedCrop + flip; "" turns it off). (The MAE repository's FINETUNE.md uses drop
 path 0.2 for L and 0.3 for H; override with --config.eval.drop_path.) `demo` is a CPU-sized run for the
 configs/demo.py encoder, without RandAugment: it would add only ~0.2 ms of host time per 64-px image, but three
-epochs are already over-regularized and the README's demo row was measured without it
+epochs are already over-regularized and the demo row in docs/evaluation.md was measured without it
 (--config.eval.auto_augment=rand-m9-mstd0.5-inc1 turns it on).
 """
 import ml_collections

@@ -7,6 +7,8 @@ an HF model directory, a mim_jax-format file, or a pretraining workdir (RUN_DIR[
 """
 from __future__ import annotations
 
+from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
+
 import sys
 from typing import Optional, Sequence
 

@@ -18,6 +18,8 @@ counted by reason in metadata.json; nothing is ever written outside --out (tar m
 """
 from __future__ import annotations
 
+from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
+
 import argparse
 import contextlib
 import dataclasses

@@ -15,7 +15,7 @@ copying data. Kinds (config ``data.subset``):
 
 Cost: one hash per record (stored by ingest in the split's index file, else one scan of the
 records), then O(N) selection for ``random`` and one sort of N uint64 scores for ``balanced``
-(measured in the README's Data section).
+(measured in docs/data.md, Subsets).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ data must then be named (--config.data.source=arrayrecord --config.data.path=DIR
 """
 from __future__ import annotations
 
+from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
+
 import jax
 
 from mim_jax import workdir as run_dirs

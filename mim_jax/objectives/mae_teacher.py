@@ -34,7 +34,7 @@ def config_block() -> ml_collections.ConfigDict:
     """Frozen-teacher fields, used by objective='mae_teacher' (Lu et al. feature targets)."""
     t = ml_collections.ConfigDict()
     t.type = "clip"                   # clip | dino | mae_run (the encoder of an earlier run of this project)
-    t.weights = ""                    # checkpoint file/dir (see README "Weights import/export"), or a run workdir
+    t.weights = ""                    # checkpoint file/dir (see docs/weights.md), or a run workdir
     t.feature = "final"               # final (after ln_post [+ CLIP projection]) | last_block (before the norm)
     t.dtype = "bfloat16"              # teacher params and forward; float32 for exact checks
     t.heads = 0                       # 0 = infer (file config or size table by width); needed for odd widths

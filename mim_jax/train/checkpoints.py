@@ -109,7 +109,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, signatur
         movable = set_aside and not run_dirs.is_remote(str(manager.directory))  # bucket "dirs" do not rename
         for bad_step, err in damaged:
             report_damaged(manager, bad_step, err, set_aside_damaged(manager, bad_step) if movable else None)
-        logging.info("restored checkpoint step %d from %s", step, manager.directory)
+        # debug: the callers print the step they resume or load in their own words (an absl-formatted INFO
+        # line here duplicated "Resuming from checkpoint step N" on the console)
+        logging.getLogger(__name__).debug("restored checkpoint step %d from %s", step, manager.directory)
         return step, state, meta
     if damaged:
         step, err = damaged[0]

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 
+from mim_jax import console
 from mim_jax import workdir as run_dirs
 
 METRICS_FILE = "metrics.jsonl"
@@ -53,7 +53,7 @@ class RunLog:
         if self.enabled:
             truncate_metrics(self.path, start_step)
             if tensorboard:
-                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+                console.quiet_startup()  # before TensorFlow loads (CLIs did it already; this is for library use)
                 from clu import (
                     metric_writers,  # imports TensorFlow: keep it out of module import time
                 )
