@@ -8,7 +8,7 @@ from mim_jax import workdir as run_dirs
 from mim_jax.data import randaugment
 from mim_jax.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from mim_jax.models.teachers import FEATURES
-from mim_jax.models.vit import REMAT_POLICIES, VIT_SIZES
+from mim_jax.models.vit import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, VIT_SIZES
 from mim_jax.nonfinite import NONFINITE_POLICIES
 from mim_jax.sharding import DEFAULT_RULES
 
@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.norm_pix_loss = True
     c.model.dtype = "bfloat16"        # compute dtype; params, optimizer and loss stay float32
     c.model.remat = "none"            # none | full | save_dots
+    c.model.attention = "xla"         # xla | cudnn (NVIDIA GPUs) | auto (jax picks; XLA in jax 0.10)
     c.model.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, heads=16, mlp_ratio=4))
 
     c.data = ml_collections.ConfigDict()
@@ -244,6 +245,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
     _require(0.0 < model.mask_ratio < 1.0, "model.mask_ratio", model.mask_ratio, "must lie in (0, 1), e.g. 0.75")
     _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"use one of {DTYPES}")
     _require(model.remat in REMAT_POLICIES, "model.remat", model.remat, f"use one of {REMAT_POLICIES}")
+    _require(model.get("attention", "xla") in ATTENTION_IMPLEMENTATIONS, "model.attention", model.get("attention"),
+             f"use one of {tuple(ATTENTION_IMPLEMENTATIONS)}")
     patch = model.patch_size or VIT_SIZES[model.variant].patch_size
     _require(model.image_size > 0 and model.image_size % patch == 0, "model.image_size", model.image_size,
              f"must be a positive multiple of the patch size {patch}")

@@ -17,6 +17,7 @@ from mim_jax.objectives import targets as objectives
 from mim_jax.nonfinite import skip_metrics
 from mim_jax.data.transforms import normalize
 from mim_jax.models.mae import MAE, mae_from_config
+from mim_jax.models.vit import check_attention_platform
 from mim_jax.models.teachers import TeacherViT, ViTArch, abstract_teacher, teacher_inputs
 from mim_jax.sharding import batch_sharding, check_batch_layout, check_divisible, check_replication, \
     logical_rules, replicated, state_shardings
@@ -229,6 +230,7 @@ def build_program(config, mesh, process_count: int = 1) -> Program:
     rules = logical_rules(config.mesh)
     batch, total, micro = config.data.global_batch_size, config.total_steps, config.optim.grad_accum_steps
     check_batch_layout(batch, micro, mesh, rules, process_count)
+    check_attention_platform(config.model.get("attention", "xla"), mesh.devices.flat[0].platform)
     teacher = build_teacher(config, mesh, rules) if config.objective == "mae_teacher" else None
     model = mae_from_config(config.model, teacher.arch.feature_dim(config.teacher.feature) if teacher else 0)
     schedule = optim.learning_rate_schedule(config.optim, batch, total)

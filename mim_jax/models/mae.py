@@ -42,6 +42,7 @@ class Decoder(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     scan_unroll: int = 1  # passed to BlockStack
+    attention: str = "xla"  # passed to BlockStack (model.attention)
 
     @nn.compact
     def __call__(self, latent: jax.Array, restore_ids: jax.Array) -> jax.Array:
@@ -60,7 +61,7 @@ class Decoder(nn.Module):
         x = x + jnp.asarray(sincos_2d(self.width, self.grid_size), self.dtype)[None]
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype,
-                       scan_unroll=self.scan_unroll, name="blocks")(x)
+                       scan_unroll=self.scan_unroll, attention=self.attention, name="blocks")(x)
         x = layer_norm(self.dtype, "norm")(x)
         return nn.Dense(self.out_dim, dtype=self.dtype, name="pred",
                         kernel_init=partitioned(xavier_uniform(), ("embed", "patch")),
@@ -87,5 +88,5 @@ def mae_from_config(model_cfg, out_dim: int = 0) -> MAE:
     dec = model_cfg.decoder
     decoder = Decoder(width=dec.width, depth=dec.depth, heads=dec.heads, mlp_dim=dec.mlp_ratio * dec.width,
                       grid_size=encoder.grid_size, out_dim=out_dim or encoder.patch_size ** 2 * 3,
-                      remat=model_cfg.remat, dtype=encoder.dtype)
+                      remat=model_cfg.remat, dtype=encoder.dtype, attention=encoder.attention)
     return MAE(encoder=encoder, decoder=decoder, mask_ratio=model_cfg.mask_ratio)
