@@ -48,7 +48,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, forc
 def model_signature(config) -> dict:
     """The config fields that fix parameter shapes; a checkpoint only restores into a matching model."""
     model = config.model.to_dict()
-    for key in ("dtype", "remat", "attention", "mask_ratio", "norm_pix_loss"):
+    for key in ("dtype", "remat", "attention", "scan_unroll", "mask_ratio", "norm_pix_loss"):
         model.pop(key, None)
     signature = {"objective": config.objective, "model": model}
     if config.optim.get("nonfinite", "stop") == "skip":  # apply_if_finite adds counters to the optimizer state

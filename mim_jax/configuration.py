@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"        # compute dtype; params, optimizer and loss stay float32
     c.model.remat = "none"            # none | full | save_dots
     c.model.attention = "xla"         # xla | cudnn (NVIDIA GPUs) | auto (jax picks; XLA in jax 0.10)
+    c.model.scan_unroll = 1           # layers per scan iteration; >= depth unrolls the stacks (longer compile)
     c.model.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, heads=16, mlp_ratio=4))
 
     c.data = ml_collections.ConfigDict()
@@ -245,6 +246,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
     _require(0.0 < model.mask_ratio < 1.0, "model.mask_ratio", model.mask_ratio, "must lie in (0, 1), e.g. 0.75")
     _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"use one of {DTYPES}")
     _require(model.remat in REMAT_POLICIES, "model.remat", model.remat, f"use one of {REMAT_POLICIES}")
+    _require(isinstance(model.get("scan_unroll", 1), int) and model.get("scan_unroll", 1) >= 1, "model.scan_unroll",
+             model.get("scan_unroll"), "must be a positive integer (1 = a rolled scan; >= depth = fully unrolled)")
     _require(model.get("attention", "xla") in ATTENTION_IMPLEMENTATIONS, "model.attention", model.get("attention"),
              f"use one of {tuple(ATTENTION_IMPLEMENTATIONS)}")
     patch = model.patch_size or VIT_SIZES[model.variant].patch_size

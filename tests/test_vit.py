@@ -196,3 +196,14 @@ def test_cudnn_attention_on_cpu_fails_in_build_program():
     if jax.devices()[0].platform == "cpu":
         with pytest.raises(ValueError, match="model.attention='cudnn' needs NVIDIA GPUs"):
             build_program(c, make_mesh(c.mesh))
+
+
+def test_scan_unroll_field_keeps_the_function():
+    cfg = model_cfg("Ti/16", width=32, depth=3, heads=2, mlp_dim=64, image_size=32, patch_size=16)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    rolled = vit.encoder_from_config(cfg)
+    params = rolled.init(jax.random.key(0), x)
+    cfg.scan_unroll = 99  # clamped to the depth: fully unrolled
+    unrolled = vit.encoder_from_config(cfg)
+    assert unrolled.scan_unroll == 3
+    np.testing.assert_allclose(unrolled.apply(params, x), rolled.apply(params, x), atol=1e-5)

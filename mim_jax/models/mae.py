@@ -88,5 +88,6 @@ def mae_from_config(model_cfg, out_dim: int = 0) -> MAE:
     dec = model_cfg.decoder
     decoder = Decoder(width=dec.width, depth=dec.depth, heads=dec.heads, mlp_dim=dec.mlp_ratio * dec.width,
                       grid_size=encoder.grid_size, out_dim=out_dim or encoder.patch_size ** 2 * 3,
-                      remat=model_cfg.remat, dtype=encoder.dtype, attention=encoder.attention)
+                      remat=model_cfg.remat, dtype=encoder.dtype, attention=encoder.attention,
+                      scan_unroll=max(1, min(int(model_cfg.get("scan_unroll", 1)), dec.depth)))
     return MAE(encoder=encoder, decoder=decoder, mask_ratio=model_cfg.mask_ratio)

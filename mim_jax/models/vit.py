@@ -328,7 +328,8 @@ def encoder_from_config(model_cfg) -> Encoder:
     attention = model_cfg.get("attention", "xla")  # run configs written before the field existed
     attention_implementation(attention)
     return Encoder(**dims, image_size=model_cfg.image_size, remat=model_cfg.remat,
-                   dtype=jnp.dtype(model_cfg.dtype), attention=attention)
+                   dtype=jnp.dtype(model_cfg.dtype), attention=attention,
+                   scan_unroll=max(1, min(int(model_cfg.get("scan_unroll", 1)), dims["depth"])))
 
 
 def resolve_dims(model_cfg) -> dict:
