@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="config override, e.g. --set=model.width=32 --set=model.remat=full (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="FIELD=VALUE|xla_FLAG=VALUE",
+                   help="also time our step with this config override, or with this XLA option given to its compile "
+                        "(e.g. --variant=model.scan_unroll=12, --variant=xla_cpu_experimental_ynn_fusion_type=), "
+                        "interleaved with the others (repeatable)")
     p.add_argument("--peer", default="yes", choices=("yes", "no"), help="time the HF PyTorch peer")
     p.add_argument("--peer_compile", default="auto", choices=("auto", "yes", "no"),
                    help="also time torch.compile of the peer (auto: on GPU only)")
@@ -81,6 +85,19 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def apply_override(c, item: str, flag: str = "--set") -> None:
+    """Set one FIELD=VALUE override on config `c`, with an error naming the flag."""
+    field, _, value = item.partition("=")
+    *parents, leaf = field.split(".")
+    node = c
+    try:
+        for name in parents:
+            node = node[name]
+        node[leaf] = parse_value(value)
+    except (KeyError, AttributeError, TypeError) as e:
+        raise SystemExit(f"{flag}={item}: not a config field or wrong type ({e})") from None
+
+
 def build_config(args: argparse.Namespace):
     """base_config() with the flags and --set overrides applied; the model fields validated."""
     c = base_config()
@@ -90,15 +107,7 @@ def build_config(args: argparse.Namespace):
     c.data.source, c.data.global_batch_size = "synthetic", args.batch
     c.optim.warmup_steps, c.total_steps = 10, 1000
     for item in args.set:
-        field, sep, value = item.partition("=")
-        *parents, leaf = field.split(".")
-        node = c
-        try:
-            for name in parents:
-                node = node[name]
-            node[leaf] = parse_value(value)
-        except (KeyError, AttributeError, TypeError) as e:
-            raise SystemExit(f"--set={item}: not a config field or wrong type ({e})") from None
+        apply_override(c, item)
     validate_model(c.model)
     return c
 
@@ -108,10 +117,11 @@ def block(tree: Any) -> Any:
     return jax.block_until_ready(tree)
 
 
-def build_ours(config) -> dict:
+def build_ours(config, compiler_options: dict | None = None) -> dict:
     """Our step for `config` as pretraining builds it -> {step (runs one, blocking), flops, memory, compile_s}.
 
-    All our-side construction lives here (adapt it when the train-step API moves).
+    All our-side construction lives here (adapt it when the train-step API moves). `compiler_options`
+    (XLA debug options, e.g. {'xla_cpu_experimental_ynn_fusion_type': ''}) go to this executable's compile.
     """
     from mim_jax.sharding import global_batch, make_mesh
     from mim_jax.train_step import create_train_state, sharding_context
@@ -124,7 +134,7 @@ def build_ours(config) -> dict:
     batch = block(global_batch({"image": images, "label": np.zeros((batch_size,), np.int32)}, mesh, program.rules))
     frozen = () if program.teacher is None else (random_teacher_params(program),)
     start = time.perf_counter()
-    compiled = program.lower(batch_size, size).compile()
+    compiled = program.lower(batch_size, size).compile(compiler_options=compiler_options or None)
     compile_s = time.perf_counter() - start
     holder = {"state": state}
 
@@ -322,18 +332,30 @@ def spread(times: list[float]) -> dict:
     return {"min": min(times), "median": statistics.median(times), "max": max(times)}
 
 
-def profile_ours(ours: dict, directory: str, steps: int) -> list[dict]:
+def profile_ours(ours: dict, directory: str, steps: int) -> dict:
     """A jax.profiler trace (perfetto json too) of `steps` of our steps, the step's HLO, and the top-op summary."""
-    from benchmarks.trace_summary import markdown, summarize
+    from benchmarks.trace_summary import markdown, summarize, summarize_categories
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "step.hlo.txt"), "w") as f:
         f.write(ours["hlo_text"]())
     with jax.profiler.trace(directory, create_perfetto_trace=True):
         for _ in range(steps):
             ours["step"]()
-    rows = summarize(directory, steps=steps)
+    rows, categories = summarize(directory, steps=steps), summarize_categories(directory, steps=steps)
     print(markdown(rows, steps), flush=True)
-    return rows
+    print("\n".join(f"| {c['category']} | {c['share']:.1%} | {c['ms_per_step']} |" for c in categories), flush=True)
+    return {"profile_top_ops": rows, "profile_categories": categories}
+
+
+def build_variant(args: argparse.Namespace, item: str) -> dict:
+    """Our step with one more config override, or with one XLA compile option (an `xla_...=VALUE` item)."""
+    config = build_config(args)
+    if item.startswith("xla_"):
+        key, _, value = item.partition("=")
+        return build_ours(config, {key: value})
+    apply_override(config, item, "--variant")
+    validate_model(config.model)
+    return build_ours(config)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -345,6 +367,7 @@ def run(args: argparse.Namespace) -> dict:
     peak_n = args.peak_size or (2048 if device.platform == "cpu" else 8192)
     peak = matmul_peak(args.dtype, peak_n)
     sides = {"ours": ours["step"]}
+    sides.update({f"variant {v}": build_variant(args, v)["step"] for v in args.variant})
     extra: dict = {}
     torch_device = None
     if args.peer == "yes":
@@ -358,13 +381,24 @@ def run(args: argparse.Namespace) -> dict:
         extra["peer_matmul_flops_per_s"] = torch_matmul_peak(args.dtype, peak_n, torch_device)
     times, cpu_times = interleaved(sides, args.steps, args.warmup)
     result = summarize_run(args, config, device, ours, peak, peak_n, times, extra, torch_device)
-    result.update({f"{'' if name == 'ours' else name + '_'}cpu_s": spread(t) for name, t in cpu_times.items()})
+    result.update({f"{'' if name == 'ours' else name + '_'}cpu_s": spread(t) for name, t in cpu_times.items()
+                   if not name.startswith("variant ")})
+    result["variants"] = {name[len("variant "):]: variant_row(times, cpu_times, name) for name in times
+                          if name.startswith("variant ")}
     if args.profile:
         result["profile_dir"] = args.profile
-        result["profile_top_ops"] = profile_ours(ours, args.profile, args.profile_steps)
+        result.update(profile_ours(ours, args.profile, args.profile_steps))
     result["load_avg_before"], result["load_avg_after"] = [round(x, 2) for x in load_before], \
         [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def variant_row(times: dict, cpu_times: dict, name: str) -> dict:
+    """One variant's step-time and CPU-time spreads and its speed-up over the plain step (median and min)."""
+    return {"step_s": spread(times[name]), "cpu_s": spread(cpu_times[name]),
+            "speedup_median": statistics.median(times["ours"]) / statistics.median(times[name]),
+            "speedup_min": min(times["ours"]) / min(times[name]),
+            "cpu_speedup_median": statistics.median(cpu_times["ours"]) / statistics.median(cpu_times[name])}
 
 
 def summarize_run(args, config, device, ours: dict, peak: float, peak_n: int, times: dict, extra: dict,
@@ -401,6 +435,10 @@ def markdown_block(r: dict, command: str) -> str:
     """A dated markdown block (machine, command, loads, one row per side) for RESULTS.md."""
     gb = lambda x: "-" if x is None else f"{x / 2 ** 30:.2f}"
     rows = [("mim_jax (jit, AOT-compiled)", r["img_per_s"], r["step_s"], r["mfu"], r.get("cpu_s"))]
+    for name, v in r.get("variants", {}).items():
+        med = v["step_s"]["median"]
+        rows.append((f"mim_jax, variant `{name}`", r["batch"] / med, v["step_s"], r["flops_per_step"] / med
+                     / r["peak_flops_per_s"], v["cpu_s"]))
     if "peer_img_per_s" in r:
         rows.append(("HF ViTMAEForPreTraining, eager", r["peer_img_per_s"], r["peer_step_s"], r["peer_mfu"],
                      r.get("peer_cpu_s")))

@@ -66,6 +66,43 @@ def hlo_instructions(hlo_text: str) -> dict[str, str]:
     return lines
 
 
+def hlo_computations(hlo_text: str) -> dict[str, str]:
+    """Computation name -> its body text, from an HLO module's text."""
+    comps, name, body = {}, None, []
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$", line)
+        if m:
+            name, body = m.group(1), []
+        elif line.strip() == "}" and name:
+            comps[name], name = "\n".join(body), None
+        elif name:
+            body.append(line)
+    return comps
+
+
+MOVEMENT = {"copy", "bitcast", "transpose", "broadcast", "dynamic-slice", "dynamic-update-slice", "slice",
+            "concatenate", "wrapped", "pad", "gather", "scatter", "reshape", "fusion", "iota", "constant"}
+
+
+def op_category(name: str, lines: dict[str, str], comps: dict[str, str]) -> str:
+    """Coarse class of an op: weight matmul, batched matmul (attention), data movement, reduction, elementwise."""
+    line = lines.get(name, "")
+    called = re.search(r"calls=%?([\w.\-]+)", line)
+    body = line + "\n" + (comps.get(called.group(1), "") if called else "")
+    dots = [d for d in body.splitlines() if re.search(r"\b(dot|convolution)\(", d)]
+    if dots:
+        return "matmul, batched (attention)" if any("lhs_batch_dims" in d for d in dots) else "matmul (weights)"
+    kind = op_kind(name)
+    if kind in ("while", "conditional", "call"):
+        return "control flow"
+    tokens = set(re.split(r"_(?=[a-z])", kind))
+    if tokens <= MOVEMENT:
+        return "data movement (copy, transpose, broadcast, (dynamic-)slice/update)"
+    if "reduce" in kind:
+        return "reductions (+ fused elementwise)"
+    return "elementwise fusions"
+
+
 def describe(line: str, limit: int = 110) -> str:
     """Short form of an HLO line: result shape, opcode and (for fusions) the kind."""
     text = re.sub(r",\s*metadata=\{.*", "", line)
@@ -95,6 +132,20 @@ def summarize(directory: str, steps: int = 1, hlo_path: str = "", top: int = 12)
     return rows
 
 
+def summarize_categories(directory: str, steps: int = 1, hlo_path: str = "") -> list[dict]:
+    """Share of op self time by coarse category (needs the step's HLO text to see inside fusions)."""
+    hlo_path = hlo_path or os.path.join(directory, "step.hlo.txt")
+    text = open(hlo_path).read() if os.path.exists(hlo_path) else ""
+    lines, comps = hlo_instructions(text), hlo_computations(text)
+    times = self_times(load_events(directory))
+    total = sum(t for _, t in times) or 1.0
+    acc: collections.Counter = collections.Counter()
+    for name, t in times:
+        acc[op_category(name, lines, comps)] += t
+    return [{"category": c, "share": round(t / total, 4), "ms_per_step": round(t / 1e3 / max(steps, 1), 1)}
+            for c, t in acc.most_common()]
+
+
 def markdown(rows: list[dict], steps: int) -> str:
     """The summary as a markdown table."""
     out = [f"| op kind | share of op time | ms/step (thread time) | runs/step | largest ops (ms/step) |",
@@ -116,7 +167,10 @@ def main() -> None:
     args = p.parse_args()
     rows = summarize(args.directory, args.steps, args.hlo, args.top)
     print(markdown(rows, args.steps))
-    print(json.dumps(rows))
+    categories = summarize_categories(args.directory, args.steps, args.hlo)
+    print("\n| category | share of op time | ms/step (thread time) |\n|---|---|---|")
+    print("\n".join(f"| {c['category']} | {c['share']:.1%} | {c['ms_per_step']} |" for c in categories))
+    print(json.dumps({"kinds": rows, "categories": categories}))
 
 
 if __name__ == "__main__":

@@ -54,3 +54,33 @@ def test_self_times_subtract_nested_ops_on_the_same_thread(tmp_path):
         [("dot.2", 4), ("dot.4", 5), ("fusion.3", 2), ("while.1", 4)]
     rows = trace_summary.summarize(str(tmp_path))
     assert [r["kind"] for r in rows] == ["dot", "while", "fusion"] and rows[0]["share"] == 0.6
+
+
+HLO = """HloModule jit_step
+
+%fused_computation.1 (param_0: f32[4,8]) -> f32[4,8] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  ROOT %dot.1 = f32[4,8]{1,0} dot(%param_0, %param_0), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_computation.2 (param_0: f32[2,4,8]) -> f32[2,4,4] {
+  %param_0 = f32[2,4,8]{2,1,0} parameter(0)
+  ROOT %dot.2 = f32[2,4,4]{2,1,0} dot(%param_0, %param_0), lhs_batch_dims={0}, lhs_contracting_dims={2}
+}
+
+ENTRY %main (p: f32[4,8]) -> f32[4,8] {
+  %ynn_fusion.3 = f32[4,8]{1,0} fusion(%p), kind=kCustom, calls=%fused_computation.1
+  %ynn_fusion.4 = f32[2,4,4]{2,1,0} fusion(%x), kind=kCustom, calls=%fused_computation.2
+  ROOT %copy_bitcast_fusion.5 = f32[4,8]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fused_computation.9
+}
+"""
+
+
+def test_op_categories_look_inside_fusions():
+    lines, comps = trace_summary.hlo_instructions(HLO), trace_summary.hlo_computations(HLO)
+    category = lambda name: trace_summary.op_category(name, lines, comps)
+    assert category("ynn_fusion.3") == "matmul (weights)"
+    assert category("ynn_fusion.4") == "matmul, batched (attention)"
+    assert category("copy_bitcast_fusion.5").startswith("data movement")
+    assert category("multiply_add_fusion.7") == "elementwise fusions"
+    assert category("while.2") == "control flow"
