@@ -18,7 +18,10 @@ pixel loss: HF has no feature-target MAE). `--peer_compile=auto` also times `tor
 (on CPU the inductor compile takes minutes: opt in with --peer_compile=yes; failures are caught and reported).
 
 Timing: every step is timed alone to `block_until_ready` / `cuda.synchronize`, ours and the peer taking
-turns (the order flips every round), after --warmup steps each; figures are medians, with min and max.
+turns (the order flips every round), after --warmup steps each; figures are medians, with min and max,
+and the process CPU-seconds per step (all threads: steadier than wall time on a shared CPU machine).
+`--variant` adds more of our steps (a config override or a per-compile XLA option) to the same rotation.
+On a CPU machine with libtpu installed, set JAX_PLATFORMS=cpu (else libtpu logs TPU-init errors).
 MFU is against a peak measured in the same run: a square matmul at the same dtype, timed the same way.
 The last line printed is one JSON object; --results=PATH appends a markdown block (--results='' disables).
 """
@@ -209,13 +212,16 @@ def build_peer(config, device: str, compile_model: bool) -> Callable[[], None]:
         with autocast:
             loss = forward(pixel_values=x).loss
             if teacher is not None:
-                with torch.no_grad():
-                    teacher(pixel_values=x)  # the frozen forward's cost (eager); its features are not used
+                with torch.no_grad():  # the frozen forward's cost (eager), resized as ours; features unused
+                    t = teacher.config.image_size
+                    teacher(pixel_values=x if t == size else torch.nn.functional.interpolate(
+                        x, size=(t, t), mode="bicubic", align_corners=False))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
+    step.attention = model.config._attn_implementation
     return step
 
 
@@ -379,6 +385,7 @@ def run(args: argparse.Namespace) -> dict:
             if compiled is not None:
                 sides["peer_compiled"] = compiled
         extra["peer_matmul_flops_per_s"] = torch_matmul_peak(args.dtype, peak_n, torch_device)
+        extra["peer_attention"] = sides["peer"].attention  # the HF attention implementation (sdpa: fused)
     times, cpu_times = interleaved(sides, args.steps, args.warmup)
     result = summarize_run(args, config, device, ours, peak, peak_n, times, extra, torch_device)
     result.update({f"{'' if name == 'ours' else name + '_'}cpu_s": spread(t) for name, t in cpu_times.items()

@@ -146,9 +146,9 @@ def summarize_categories(directory: str, steps: int = 1, hlo_path: str = "") -> 
             for c, t in acc.most_common()]
 
 
-def markdown(rows: list[dict], steps: int) -> str:
+def markdown(rows: list[dict], steps: int = 1) -> str:
     """The summary as a markdown table."""
-    out = [f"| op kind | share of op time | ms/step (thread time) | runs/step | largest ops (ms/step) |",
+    out = ["| op kind | share of op time | ms/step (thread time) | runs/step | largest ops (ms/step) |",
            "|---|---|---|---|---|"]
     for r in rows:
         tops = "; ".join(f"{o['op']} {o['ms_per_step']}" + (f" `{o['hlo']}`" if "hlo" in o else "")
