@@ -171,3 +171,72 @@ def test_token_mask_replaces_masked_embeddings_before_positions():
                                   np.asarray(enc.apply({"params": plain}, x)))
     with pytest.raises(ValueError, match=r"token_mask has shape \(2, 5\)"):
         enc.apply({"params": params}, x, token_mask=jnp.zeros((2, 5)))
+def attention_reference(x: np.ndarray, p: dict) -> np.ndarray:
+    """Float64 numpy multi-head softmax attention with the Attention module's q/k/v/out params."""
+    x, p = np.asarray(x, np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    q, k, v = (np.einsum("btd,dhk->bthk", x, p[n]["kernel"]) + p[n]["bias"] for n in ("query", "key", "value"))
+    logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhqs,bshk->bqhk", weights, v)
+    return np.einsum("bthk,hkd->btd", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def test_xla_attention_matches_float64_reference_and_auto_equals_it():
+    x = jax.random.normal(jax.random.key(3), (2, 17, 64), jnp.float32)
+    module = vit.Attention(64, 4, jnp.float32, "xla")
+    params = nn.unbox(module.init(jax.random.key(0), x)["params"])
+    params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(5), a.shape), params)  # non-zero biases
+    out = np.asarray(module.apply({"params": params}, x))
+    np.testing.assert_allclose(out, attention_reference(x, params), rtol=1e-6, atol=1e-6)
+    auto = vit.Attention(64, 4, jnp.float32, "auto").apply({"params": params}, x)
+    if jax.devices()[0].platform == "cpu":
+        np.testing.assert_array_equal(np.asarray(auto), out)
+
+
+def test_encoder_passes_model_attention_and_default_keeps_numbers():
+    cfg = model_cfg("Ti/16", width=32, depth=1, heads=2, mlp_dim=64, image_size=32, patch_size=16)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    old = vit.encoder_from_config(cfg)  # a run config without the field: xla
+    assert old.attention == "xla"
+    params = old.init(jax.random.key(0), x)
+    for name in ("xla", "auto"):
+        cfg.attention = name
+        enc = vit.encoder_from_config(cfg)
+        assert enc.attention == name
+        np.testing.assert_array_equal(np.asarray(enc.apply(params, x)), np.asarray(old.apply(params, x)))
+
+
+def test_attention_field_errors_name_the_field():
+    from mim_jax.config.defaults import base_config
+    from mim_jax.config.validation import validate_model
+    c = base_config()
+    assert c.model.attention == "xla"
+    c.model.attention = "flash"
+    with pytest.raises(ValueError, match=r"model.attention='flash'.*\('xla', 'cudnn', 'auto'\)"):
+        validate_model(c.model)
+    with pytest.raises(ValueError, match="model.attention='cudnn' needs NVIDIA GPUs.*cpu"):
+        vit.check_attention_platform("cudnn", "cpu")
+    vit.check_attention_platform("cudnn", "gpu")
+
+
+def test_cudnn_attention_on_cpu_fails_in_build_program():
+    from conftest import tiny_pretrain_config
+    from mim_jax.parallel.sharding import make_mesh
+    from mim_jax.train.program import build_program
+    c = tiny_pretrain_config("unused")
+    c.model.attention = "cudnn"
+    if jax.devices()[0].platform == "cpu":
+        with pytest.raises(ValueError, match="model.attention='cudnn' needs NVIDIA GPUs"):
+            build_program(c, make_mesh(c.mesh))
+
+
+def test_scan_unroll_field_keeps_the_function():
+    cfg = model_cfg("Ti/16", width=32, depth=3, heads=2, mlp_dim=64, image_size=32, patch_size=16)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    rolled = vit.encoder_from_config(cfg)
+    params = rolled.init(jax.random.key(0), x)
+    cfg.scan_unroll = 99  # clamped to the depth: fully unrolled
+    unrolled = vit.encoder_from_config(cfg)
+    assert unrolled.scan_unroll == 3
+    np.testing.assert_allclose(unrolled.apply(params, x), rolled.apply(params, x), atol=1e-5)

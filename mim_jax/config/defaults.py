@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.image_size = 224
     c.model.dtype = "bfloat16"        # compute dtype; params, optimizer and loss stay float32
     c.model.remat = "none"            # none | full | save_dots
+    c.model.attention = "xla"         # xla | cudnn (NVIDIA GPUs) | auto (jax picks; XLA in jax 0.10)
+    c.model.scan_unroll = 1           # layers per scan iteration; >= depth unrolls the stacks (longer compile)
     c.model.drop_path = 0.0           # stochastic depth of the encoder's last block in pretraining (SimMIM: 0.1)
 
     c.data = ml_collections.ConfigDict()

@@ -7,13 +7,12 @@ an HF model directory, a mim_jax-format file, or a pretraining workdir (RUN_DIR[
 """
 from __future__ import annotations
 
-from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
-
 import sys
 from typing import Optional, Sequence
 
 from absl import app, flags
 
+from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
 from mim_jax.convert.conversion import FORMATS, convert
 from mim_jax.errors import ConfigError
 

@@ -18,8 +18,6 @@ counted by reason in metadata.json; nothing is ever written outside --out (tar m
 """
 from __future__ import annotations
 
-from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
-
 import argparse
 import contextlib
 import dataclasses
@@ -38,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
 from mim_jax.data import records
 from mim_jax.data.ingest_sources import (
     PARQUET_IMAGE_COLUMNS,

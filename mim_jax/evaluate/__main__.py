@@ -6,10 +6,9 @@ data must then be named (--config.data.source=arrayrecord --config.data.path=DIR
 """
 from __future__ import annotations
 
-from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
-
 import jax
 
+from mim_jax import console  # noqa: F401  (first: quiet library start-up, before TensorFlow loads)
 from mim_jax import workdir as run_dirs
 from mim_jax.config import validation
 from mim_jax.config.cli import run_cli

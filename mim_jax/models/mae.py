@@ -48,6 +48,7 @@ class Decoder(nn.Module):
     remat: str = "none"
     dtype: jnp.dtype = jnp.float32
     scan_unroll: int = 1  # passed to BlockStack
+    attention: str = "xla"  # passed to BlockStack (model.attention)
 
     @nn.compact
     def __call__(self, latent: jax.Array, restore_ids: jax.Array) -> jax.Array:
@@ -66,7 +67,7 @@ class Decoder(nn.Module):
         x = x + jnp.asarray(sincos_2d(self.width, self.grid_size), self.dtype)[None]
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype,
-                       scan_unroll=self.scan_unroll, name="blocks")(x)
+                       scan_unroll=self.scan_unroll, attention=self.attention, name="blocks")(x)
         x = layer_norm(self.dtype, "norm")(x)
         return nn.Dense(self.out_dim, dtype=self.dtype, name="pred",
                         kernel_init=partitioned(xavier_uniform(), ("embed", "patch")),

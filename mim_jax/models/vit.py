@@ -40,6 +40,8 @@ VIT_SIZES: dict[str, ViTSize] = {
 
 REMAT_POLICIES = ("none", "full", "save_dots")
 LN_EPS = 1e-6
+# model.attention -> `implementation=` of jax.nn.dot_product_attention ("auto": None, jax picks; XLA in jax 0.10).
+ATTENTION_IMPLEMENTATIONS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
 
 
 def lookup_size(variant: str) -> ViTSize:
@@ -163,11 +165,26 @@ class HeadsDense(nn.Module):
         return jnp.einsum(eq, x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
+def attention_implementation(name: str) -> Optional[str]:
+    """The `implementation=` argument of jax.nn.dot_product_attention for `model.attention=name`."""
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ConfigError(f"model.attention={name!r}; use one of {tuple(ATTENTION_IMPLEMENTATIONS)}")
+    return ATTENTION_IMPLEMENTATIONS[name]
+
+
+def check_attention_platform(name: str, platform: str) -> None:
+    """cuDNN attention needs CUDA GPUs: fail early, naming the field, when the devices are `platform`."""
+    if name == "cudnn" and platform not in ("gpu", "cuda"):
+        raise ConfigError(f"model.attention='cudnn' needs NVIDIA GPUs but this run's devices are {platform}; "
+                          f"use --config.model.attention=xla (or auto)")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with split q/k/v (biased) and an output projection."""
     width: int
     heads: int
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"  # key of ATTENTION_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -176,7 +193,7 @@ class Attention(nn.Module):
         # fan_scale 0.5: each of q/k/v gets the xavier bound of a fused [D, 3D] qkv kernel.
         proj = lambda name: HeadsDense(self.heads, head_dim, self.width, True, 0.5, self.dtype, name=name)(x)
         q, k, v = proj("query"), proj("key"), proj("value")
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=attention_implementation(self.attention))
         out = nn.with_logical_constraint(out, ("batch", "seq", "heads", "head_dim"))
         return HeadsDense(self.heads, head_dim, self.width, False, 1.0, self.dtype, name="out")(out)
 
@@ -204,13 +221,14 @@ class Block(nn.Module):
     ln_eps: float = LN_EPS
     activation: str = "gelu"
     use_drop_path: bool = False       # True: `rate` (this layer's drop-path rate) applies, with the 'dropout' rng
+    attention: str = "xla"            # passed to Attention
 
     @nn.compact
     def __call__(self, x: jax.Array, rate=None):
         """One block: x + attn(ln(x)); x + mlp(ln(x)) (residual branches dropped per sample at `rate`)."""
         branch = lambda y: drop_path(y, rate, self.make_rng("dropout")) if self.use_drop_path else y
         norm1, norm2 = layer_norm(self.dtype, "norm1", self.ln_eps), layer_norm(self.dtype, "norm2", self.ln_eps)
-        x = x + branch(Attention(self.width, self.heads, self.dtype, name="attn")(norm1(x)))
+        x = x + branch(Attention(self.width, self.heads, self.dtype, self.attention, name="attn")(norm1(x)))
         x = x + branch(MlpBlock(self.width, self.mlp_dim, self.dtype, self.activation, name="mlp")(norm2(x)))
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         return x, None
@@ -235,6 +253,7 @@ class BlockStack(nn.Module):
     ln_eps: float = LN_EPS
     activation: str = "gelu"
     drop_path_rate: float = 0.0  # stochastic depth of the last block (linear from 0 at the first, as in timm)
+    attention: str = "xla"       # passed to Attention
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -248,7 +267,7 @@ class BlockStack(nn.Module):
                         metadata_params={nn.PARTITION_NAME: "layers"})
         rates = jnp.linspace(0.0, self.drop_path_rate, self.depth) if use_drop_path else None
         x, _ = stack(self.width, self.heads, self.mlp_dim, self.dtype, self.ln_eps, self.activation, use_drop_path,
-                     name="layers")(x, rates)
+                     self.attention, name="layers")(x, rates)
         return x
 
 
@@ -267,6 +286,7 @@ class Encoder(nn.Module):
     final_norm: bool = True  # False: return the un-normed tokens (MAE fine-tuning's global pool + fc_norm)
     positions: str = "sincos"  # sincos: fixed 2-D table (MAE); learned: a trained [1+N, D] pos_embed (MAWS, DINO)
     ln_eps: float = LN_EPS     # LayerNorm epsilon (imported HF ViTs use 1e-12)
+    attention: str = "xla"     # passed to BlockStack (model.attention)
 
     @property
     def grid_size(self) -> int:
@@ -294,7 +314,8 @@ class Encoder(nn.Module):
         x = jnp.concatenate([cls, x], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "seq", "act_embed"))
         x = BlockStack(self.width, self.depth, self.heads, self.mlp_dim, self.remat, self.dtype, ln_eps=self.ln_eps,
-                       scan_unroll=self.scan_unroll, drop_path_rate=self.drop_path_rate, name="blocks")(x, train)
+                       scan_unroll=self.scan_unroll, drop_path_rate=self.drop_path_rate, attention=self.attention,
+                       name="blocks")(x, train)
         return layer_norm(self.dtype, "norm", self.ln_eps)(x) if self.final_norm else x
 
     def replace_masked(self, x: jax.Array, token_mask: jax.Array) -> jax.Array:
@@ -317,14 +338,23 @@ class Encoder(nn.Module):
 
 
 def encoder_from_config(model_cfg, unroll: bool = False) -> Encoder:
-    """Build the encoder of `model_cfg` (variant + overrides, image size, remat, dtype, drop path).
+    """Build the encoder of `model_cfg` (variant + overrides, image size, remat, dtype, attention, drop path).
 
-    `unroll` unrolls the block scan (a loop-free program, for XLA's exact FLOP count).
+    `unroll` unrolls the block scan completely (a loop-free program, for XLA's exact FLOP count); otherwise
+    `model.scan_unroll` layers run per scan iteration.
     """
     dims = resolve_dims(model_cfg)
+    attention = model_cfg.get("attention", "xla")  # run configs written before the field existed
+    attention_implementation(attention)
     return Encoder(**dims, image_size=model_cfg.image_size, remat=model_cfg.remat,
-                   dtype=jnp.dtype(model_cfg.dtype), drop_path_rate=model_cfg.get("drop_path", 0.0),
-                   scan_unroll=dims["depth"] if unroll else 1)
+                   dtype=jnp.dtype(model_cfg.dtype), attention=attention,
+                   drop_path_rate=model_cfg.get("drop_path", 0.0),
+                   scan_unroll=layers_per_scan(model_cfg, dims["depth"], unroll))
+
+
+def layers_per_scan(model_cfg, depth: int, unroll: bool = False) -> int:
+    """Layers per scan iteration of a `depth`-block stack: all with `unroll`, else model.scan_unroll clamped."""
+    return depth if unroll else max(1, min(int(model_cfg.get("scan_unroll", 1)), depth))
 
 
 def resolve_dims(model_cfg) -> dict:

@@ -9,7 +9,7 @@ from mim_jax.config.validation import positive_int, require
 from mim_jax.data.transforms import normalize
 from mim_jax.models import flops
 from mim_jax.models.mae import MAE, Decoder, num_visible
-from mim_jax.models.vit import encoder_from_config, resolve_dims
+from mim_jax.models.vit import encoder_from_config, layers_per_scan, resolve_dims
 from mim_jax.objectives.base import ENCODER_EVALUATORS, Objective
 from mim_jax.objectives.targets import mae_pixel_loss
 
@@ -31,7 +31,8 @@ def build_mae(config, out_dim: int = 0, unroll: bool = False) -> MAE:
     dec = config.mae.decoder
     decoder = Decoder(width=dec.width, depth=dec.depth, heads=dec.heads, mlp_dim=dec.mlp_ratio * dec.width,
                       grid_size=encoder.grid_size, out_dim=out_dim or encoder.patch_size ** 2 * IMAGE_CHANNELS,
-                      remat=config.model.remat, dtype=encoder.dtype, scan_unroll=dec.depth if unroll else 1)
+                      remat=config.model.remat, dtype=encoder.dtype, attention=encoder.attention,
+                      scan_unroll=layers_per_scan(config.model, dec.depth, unroll))
     return MAE(encoder=encoder, decoder=decoder, mask_ratio=config.mae.mask_ratio)
 
 

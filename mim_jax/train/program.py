@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mim_jax.models.vit import check_attention_platform
 from mim_jax.objectives import registry
 from mim_jax.objectives.base import Frozen, Objective
 from mim_jax.parallel.sharding import (
@@ -23,7 +24,7 @@ from mim_jax.train.state import abstract_train_state, create_train_state
 from mim_jax.train.step import batch_shardings, make_train_step
 
 # Model fields that do not change parameter shapes (a checkpoint restores across them).
-SHAPE_FREE_MODEL_FIELDS = ("dtype", "remat", "drop_path", "attention")
+SHAPE_FREE_MODEL_FIELDS = ("dtype", "remat", "drop_path", "attention", "scan_unroll")
 
 
 @dataclasses.dataclass
@@ -86,6 +87,7 @@ def build_program(config, mesh, process_count: int = 1) -> Program:
     rules = logical_rules(config.mesh)
     batch, total, micro = config.data.global_batch_size, config.total_steps, config.optim.grad_accum_steps
     check_batch_layout(batch, micro, mesh, rules, process_count)
+    check_attention_platform(config.model.get("attention", "xla"), mesh.devices.flat[0].platform)
     frozen = objective.frozen(config, mesh, rules) if objective.frozen else None
     model = objective.build_model(config)
     inputs = objective.init_inputs(model, config)
