@@ -25,6 +25,7 @@ setup(
         "pyarrow>=14,<27",
         "tqdm>=4.60,<5",
         "safetensors>=0.4,<1",  # the mim_jax weights format and timm export (no torch needed for either)
+        "matplotlib>=3.8,<4",  # result figures (notebooks/, study plots); the Agg backend, no display
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
