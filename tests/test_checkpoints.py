@@ -13,6 +13,8 @@ from mim_jax.models.mae import mae_from_config
 from mim_jax.sharding import logical_rules, make_mesh
 from mim_jax.train_step import abstract_train_state, create_train_state
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def build(config, mesh_shape):
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=config.mesh.rules))

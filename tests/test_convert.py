@@ -226,6 +226,7 @@ def test_export_then_import_is_identity(hf_mae, hf_dino, tmp_path):
         same_tree(import_vit(*read_checkpoint(pth), heads=arch.heads)[1], params)
 
 
+@pytest.mark.multiprocess
 def test_cli_writes_mim_jax_and_timm_files(hf_mae, tmp_path):
     _, path = hf_mae
     native = str(tmp_path / "mae.safetensors")

@@ -17,6 +17,8 @@ from mim_jax.pretrained import load_run
 from mim_jax.sharding import logical_rules, make_mesh
 from mim_jax.train_step import mae_loss_fn, mask_noise, num_patches
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def mesh_and_rules(shape, devices):
     cfg = ml_collections.ConfigDict(dict(shape=shape, rules=tiny_pretrain_config("").mesh.rules))

@@ -10,6 +10,8 @@ from mim_jax.evaluate import features
 from mim_jax.models.mae import mae_from_config
 from mim_jax.sharding import logical_rules, make_mesh
 
+pytestmark = pytest.mark.fake_devices  # feature extraction on a (4, 2, 1) mesh of fake CPU devices
+
 
 def extract(dataset, mesh_shape, devices, pool):
     config = tiny_pretrain_config(dataset)
@@ -66,6 +68,7 @@ if jax.process_index() == 0:
 """
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_device(tiny_dataset, tmp_path):
     import os
     import subprocess

@@ -12,6 +12,8 @@ from conftest import make_run_dir, tiny_pretrain_config
 from mim_jax import checkpoints, pretrain
 from mim_jax.nonfinite import NonFiniteError, NonFiniteWatch
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def test_watch_names_the_first_offending_step():
     watch = NonFiniteWatch("stop", 10)

@@ -10,6 +10,8 @@ from mim_jax.errors import ConfigError
 from mim_jax.sharding import make_mesh
 from mim_jax.train_step import build_program
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def flat(tree):
     return traverse_util.flatten_dict(jax.device_get(tree), sep="/")

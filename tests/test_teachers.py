@@ -61,6 +61,7 @@ def teacher_config(dataset_dir: str, weights: str, steps: int = 3):
     return c
 
 
+@pytest.mark.fake_devices
 def test_teacher_params_frozen_and_outside_optimizer(tmp_path):
     from mim_jax.convert.teacher_weights import load_teacher_params
     c = teacher_config("", random_teacher_file(tmp_path / "clip.safetensors"))

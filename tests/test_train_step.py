@@ -11,6 +11,8 @@ from mim_jax.models.mae import mae_from_config
 from mim_jax.sharding import global_batch, logical_rules, make_mesh
 from mim_jax.train_step import create_train_state, make_train_step, mask_noise
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 BATCH = 8
 
 
