@@ -24,6 +24,7 @@ def build(config, mesh_shape):
     return model, tx, mesh, rules
 
 
+@pytest.mark.slow
 def test_save_then_restore_on_another_mesh(tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (2, 4, 1))
@@ -45,6 +46,7 @@ def test_save_then_restore_on_another_mesh(tmp_path):
     assert kernel.sharding.mesh.shape == mesh2.shape
 
 
+@pytest.mark.slow
 def test_restore_into_another_model_names_the_fields(tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))
@@ -79,6 +81,7 @@ def damage(step_dir):
                     f.truncate(8)
 
 
+@pytest.mark.slow
 def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))

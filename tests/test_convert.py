@@ -29,6 +29,8 @@ from mim_jax.convert.native import load_native  # noqa: E402
 from mim_jax.models.mae import mae_from_config  # noqa: E402
 from mim_jax.models.teachers import TeacherViT, params_at_grid  # noqa: E402
 
+pytestmark = pytest.mark.slow  # PyTorch / transformers parity: builds HF models (tens of seconds)
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
              patch_size=8)

@@ -240,6 +240,7 @@ def assert_losses_match(got: dict, want: dict) -> None:
           max(abs(got[s] - want[s]) for s in got))
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_and_resume(one_process_run, tmp_path):
     config_file, env, ref = one_process_run
@@ -263,6 +264,7 @@ def test_two_processes_match_one_process_and_resume(one_process_run, tmp_path):
     assert sum(name.startswith("events.out.tfevents") for name in os.listdir(mp_dir)) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_fsdp_mesh(one_process_run, tmp_path):
     """Parameters sharded over devices of both processes (data=2, fsdp=4): same losses, a sharded checkpoint."""
@@ -306,6 +308,7 @@ def preempt_one_process(procs: list, workdir: str, after_step: int) -> list:
     return codes
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_resume_elsewhere_then_preempt_one_process(one_process_run, tmp_path):
     """The 1 process x 8 devices checkpoint of step 6 resumes on 2 processes x 2 devices (4 devices): steps 7-9

@@ -34,6 +34,7 @@ def tiny_model():
     return model, jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
 
 
+@pytest.mark.slow
 def test_validation_loss_is_the_mae_loss_with_fixed_masks_on_any_mesh(tiny_dataset, tiny_model):
     model, params = tiny_model
     mesh1, rules = mesh_and_rules((1, 1, 1), jax.devices()[:1])
@@ -70,6 +71,7 @@ def test_dataset_without_labels_is_a_clear_error(tmp_path, tiny_model):
         ctx.features("train", "cls", 8, None)
 
 
+@pytest.mark.slow
 def test_checkpoint_without_encoder_is_a_clear_error(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
     os.makedirs(run_dir)

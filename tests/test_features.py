@@ -24,6 +24,7 @@ def extract(dataset, mesh_shape, devices, pool):
                                      rules=rules), (encoder, params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_eight_devices_match_one(tiny_dataset, pool):
     (x1, y1), (encoder, params) = extract(tiny_dataset, (1, 1, 1), jax.devices()[:1], pool)
@@ -68,6 +69,7 @@ if jax.process_index() == 0:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_device(tiny_dataset, tmp_path):
     import os

@@ -38,6 +38,7 @@ def state_bytes_per_device(config, topology):
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.tpu_compile
 @pytest.mark.parametrize("topology,mesh_shape", [("v5e:2x2", (2, 2, 1)), ("v5p:2x2x1", (1, 2, 2))])
 def test_tiny_model_plans_and_fits(topology, mesh_shape):
@@ -58,6 +59,7 @@ def test_tiny_model_plans_and_fits(topology, mesh_shape):
     assert report.xla_flops_per_device > 0
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.tpu_compile
 def test_more_memory_than_allowed_exits_1_from_the_cli():
@@ -68,6 +70,7 @@ def test_more_memory_than_allowed_exits_1_from_the_cli():
     assert "DOES NOT FIT" in proc.stdout and "of 16.00 GiB HBM" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_unknown_topology_is_one_line_exit_2():
     cmd = [sys.executable, "-m", "mim_jax.plan", "--config=configs/demo.py", "--topology=v9:4x4"]

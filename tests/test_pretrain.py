@@ -12,7 +12,7 @@ import pytest
 from conftest import tiny_pretrain_config, write_config_file
 from mim_jax import preemption, pretrain
 
-pytestmark = pytest.mark.fake_devices  # pretraining runs on the 8 fake CPU devices
+pytestmark = [pytest.mark.fake_devices, pytest.mark.slow]  # pretraining runs on the 8 fake CPU devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

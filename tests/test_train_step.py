@@ -61,6 +61,7 @@ def check_against_single_device(single_device_runs, adam_losses, sgd_losses, sgd
                  single_device_runs[True][1])
 
 
+@pytest.mark.slow
 def test_same_losses_and_params_data_parallel(single_device_runs):
     assert len(jax.devices()) == 8
     adam_losses, _ = run_steps((8, 1, 1), jax.devices())
@@ -68,6 +69,7 @@ def test_same_losses_and_params_data_parallel(single_device_runs):
     check_against_single_device(single_device_runs, adam_losses, sgd_losses, sgd_params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape,num_devices", [((1, 1, 1), 1), ((2, 1, 1), 2)])
 def test_gradient_accumulation_equals_full_batch(single_device_runs, mesh_shape, num_devices):
     """4 micro-batches of B/4 inside the step give the update of one step on B (fp32 tolerance)."""
@@ -86,6 +88,7 @@ def test_micro_batches_are_strided_rows():
     np.testing.assert_array_equal(np.sort(parts.reshape(-1, 2), axis=0), x)
 
 
+@pytest.mark.slow
 # Meshes that shard parameters (FSDP and tensor axes) mix all-gathers, reduce-scatters and all-reduces in one
 # step. They run in this process like any other mesh: the XLA:CPU thread-pool starvation that used to abort them
 # now and then is prevented by mim_jax.xla_cpu_threads (docs/testing.md), so no retry hides an abort.
@@ -96,6 +99,7 @@ def test_same_losses_and_params_param_sharded(single_device_runs, mesh_shape):
     check_against_single_device(single_device_runs, adam_losses, sgd_losses, sgd_params)
 
 
+@pytest.mark.slow
 def test_params_are_sharded_as_the_rules_say():
     c = tiny_config()
     mesh_cfg = ml_collections.ConfigDict(dict(shape=(1, 4, 2), rules=c.mesh.rules))
@@ -115,6 +119,7 @@ def test_mask_noise_depends_on_seed_and_step_only():
     assert not np.array_equal(a, np.asarray(mask_noise(1, 5, (4, 16))))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_fp32_params_optimizer_and_loss():
     """model.dtype=bfloat16: matmuls in bf16; params, AdamW moments and the loss stay float32."""
     from mim_jax.train_step import build_program
