@@ -63,6 +63,7 @@ def unlabelled_dataset(path):
     return str(path)
 
 
+@pytest.mark.slow
 def test_dataset_without_labels_is_a_clear_error(tmp_path, tiny_model):
     model, params = tiny_model
     mesh, rules = mesh_and_rules((8, 1, 1), jax.devices())
