@@ -17,6 +17,8 @@ from mim_jax.train import checkpoints, optim
 from mim_jax.train.program import model_signature
 from mim_jax.train.state import abstract_train_state, create_train_state
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def build(config, mesh_shape):
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=config.mesh.rules))
@@ -26,6 +28,7 @@ def build(config, mesh_shape):
     return model, tx, mesh, rules
 
 
+@pytest.mark.slow
 def test_save_then_restore_on_another_mesh(tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (2, 4, 1))
@@ -47,6 +50,7 @@ def test_save_then_restore_on_another_mesh(tmp_path):
     assert kernel.sharding.mesh.shape == mesh2.shape
 
 
+@pytest.mark.slow
 def test_restore_into_another_model_names_the_fields(tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))
@@ -95,6 +99,7 @@ def damage(step_dir):
                     f.truncate(8)
 
 
+@pytest.mark.slow
 def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))

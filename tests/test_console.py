@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import tiny_pretrain_config, write_config_file
 from mim_jax import console
 
@@ -23,6 +25,8 @@ def clean_env() -> dict:
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_pretrain_console_shows_our_lines_only(tiny_dataset, tmp_path):
     config = tiny_pretrain_config(tiny_dataset, total_steps=1)
     for name in ("linear_probe", "knn", "fewshot"):
@@ -42,6 +46,7 @@ def test_pretrain_console_shows_our_lines_only(tiny_dataset, tmp_path):
         assert not ABSL_INFO.search(out), out  # e.g. 'I1201 08:27:06.79 ... checkpoints.py:112] restored checkpoint'
 
 
+@pytest.mark.multiprocess
 def test_our_errors_still_print(tmp_path):
     cmd = [sys.executable, "-m", "mim_jax.pretrain", "--config=configs/demo.py", f"--workdir={tmp_path / 'wd'}",
            "--config.model.mask_ratio=0.6"]
@@ -52,6 +57,7 @@ def test_our_errors_still_print(tmp_path):
         assert line not in proc.stdout + proc.stderr
 
 
+@pytest.mark.multiprocess
 def test_a_users_own_setting_wins():
     env = dict(clean_env(), TF_CPP_MIN_LOG_LEVEL="0")
     code = "import os, mim_jax.console; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], os.environ['TF_ENABLE_ONEDNN_OPTS'])"

@@ -30,6 +30,8 @@ from mim_jax.models.teachers import TeacherViT, params_at_grid  # noqa: E402
 from mim_jax.objectives import targets as objectives  # noqa: E402
 from mim_jax.objectives.mae import build_mae  # noqa: E402
 
+pytestmark = pytest.mark.slow  # PyTorch / transformers parity: builds HF models (tens of seconds)
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
              patch_size=8)
@@ -228,6 +230,7 @@ def test_export_then_import_is_identity(hf_mae, hf_dino, tmp_path):
         same_tree(import_vit(*read_checkpoint(pth), heads=arch.heads)[1], params)
 
 
+@pytest.mark.multiprocess
 def test_cli_writes_mim_jax_and_timm_files(hf_mae, tmp_path):
     _, path = hf_mae
     native = str(tmp_path / "mae.safetensors")

@@ -19,6 +19,8 @@ from mim_jax.train import checkpoints
 from mim_jax.train.runs import load_run
 from mim_jax.train.step import step_key
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def mesh_and_rules(shape, devices):
     cfg = ml_collections.ConfigDict(dict(shape=shape, rules=tiny_pretrain_config("").mesh.rules))
@@ -34,6 +36,7 @@ def tiny_model():
     return model, jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "names"))
 
 
+@pytest.mark.slow
 def test_validation_loss_is_the_mae_loss_with_fixed_masks_on_any_mesh(tiny_dataset, tiny_model):
     model, params = tiny_model
     mesh1, rules = mesh_and_rules((1, 1, 1), jax.devices()[:1])
@@ -63,6 +66,7 @@ def unlabelled_dataset(path):
     return str(path)
 
 
+@pytest.mark.slow
 def test_dataset_without_labels_is_a_clear_error(tmp_path, tiny_model):
     model, params = tiny_model
     mesh, rules = mesh_and_rules((8, 1, 1), jax.devices())
@@ -71,6 +75,7 @@ def test_dataset_without_labels_is_a_clear_error(tmp_path, tiny_model):
         ctx.features("train", "cls", 8, None)
 
 
+@pytest.mark.slow
 def test_checkpoint_without_encoder_is_a_clear_error(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
     os.makedirs(run_dir)

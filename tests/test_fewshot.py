@@ -35,6 +35,7 @@ def test_sample_shots_draws_n_per_class_reproducibly():
     assert not np.array_equal(ids, fewshot.sample_shots(labels, 5, seed=4, num_classes=4))
 
 
+@pytest.mark.slow
 def test_more_shots_than_examples_names_the_class_and_count():
     labels = np.repeat(np.arange(3), [30, 4, 30])
     with pytest.raises(ConfigError, match=r"10-shot needs 10 training examples per class but class 1 \('square'\) "
@@ -43,6 +44,7 @@ def test_more_shots_than_examples_names_the_class_and_count():
                                  shots=(1, 10), class_names=["disk", "square", "star"])
 
 
+@pytest.mark.slow
 def test_accuracy_equals_reference_pipeline():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(5, 24))

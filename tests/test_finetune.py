@@ -36,6 +36,7 @@ def test_layer_decay_scales_follow_the_formula_for_b16():
         np.testing.assert_allclose(np.asarray(leaf).ravel(), [formula(i + 1) for i in range(12)], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_finetune_optimizer_step_matches_numpy_adamw_with_layer_scales():
     rng = np.random.default_rng(0)
     params = {"encoder": {"cls_token": rng.normal(size=(1, 1, 4)),
@@ -71,6 +72,7 @@ def smooth(labels, num_classes, s):
     return (1 - s) * np.eye(num_classes)[labels] + s / num_classes
 
 
+@pytest.mark.slow
 def test_mixup_and_cutmix_match_closed_form():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4, 6, 8, 3)).astype(np.float32)
@@ -104,6 +106,7 @@ def test_sampled_cutmix_lam_is_the_kept_area_and_switch_probability_holds():
     assert ft.sample_mix(rng, off, 14, 14)["lam"] == 1.0
 
 
+@pytest.mark.slow
 def test_random_erasing_boxes_and_fill():
     rng = np.random.default_rng(3)
     boxes = ft.sample_erase(rng, 4000, 32, 32, prob=0.25)
@@ -121,6 +124,7 @@ def test_random_erasing_boxes_and_fill():
     np.testing.assert_array_equal(out[1], x[1])
 
 
+@pytest.mark.slow
 def test_drop_path_statistics_and_default_off():
     x = jnp.ones((20000, 2, 3))
     out = np.asarray(drop_path(x, jnp.float32(0.3), jax.random.key(0)))

@@ -66,6 +66,7 @@ def compiled_small():
                  "train": jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["forward", "train"])
 def test_counter_agrees_with_xla_cost_analysis(compiled_small, kind):
     """Our count vs XLA:CPU on the real jitted MAE loss (forward) and value_and_grad (train).

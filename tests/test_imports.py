@@ -111,6 +111,7 @@ def import_alone(module: str) -> tuple[str, int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     modules = sorted(package_modules())
     with ThreadPoolExecutor(max_workers=2) as pool:

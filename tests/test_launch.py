@@ -215,6 +215,7 @@ def fake_cluster(tmp_path, srun_script: str) -> dict:
             "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "16"}
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("status, requeued, script_status", [(75, True, 0), (3, False, 3), (0, False, 0)])
 def test_job_body_requeues_only_a_preempted_run(tmp_path, status, requeued, script_status):
     env = fake_cluster(tmp_path, f"exit {status}\n")
@@ -228,6 +229,7 @@ def test_job_body_requeues_only_a_preempted_run(tmp_path, status, requeued, scri
         else not (tmp_path / "scontrol").exists()
 
 
+@pytest.mark.multiprocess
 def test_job_body_waits_through_sigterm_for_the_checkpoint(tmp_path):
     # SLURM preemption signals the batch shell too; it must keep waiting while the run saves, then requeue.
     env = fake_cluster(tmp_path, "trap '' TERM\ntouch \"$FAKE_LOG/started\"\nsleep 1.5\nexit 75\n")

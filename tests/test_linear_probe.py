@@ -110,6 +110,7 @@ def _lars_problem(seed: int = 0):
     return params, grads
 
 
+@pytest.mark.slow
 def test_lars_matches_mae_reference_over_two_steps_with_changing_lr():
     params, grads = _lars_problem()
     lrs = [0.3, 0.7]
@@ -152,6 +153,7 @@ def test_lr_schedule_matches_mae_adjust_learning_rate(steps_per_epoch, epochs, w
 # --------------------------------------------------------------------------- probe
 
 
+@pytest.mark.slow
 def test_probe_matches_float64_logistic_regression():
     x_tr, y_tr, x_va, y_va = gaussian_classes(seed=0)
     # lr = 12.8 * 128 / 256 = 6.4, MAE's ImageNet lr (0.1 * 16384 / 256).
@@ -167,6 +169,7 @@ def test_probe_matches_float64_logistic_regression():
     assert (result['epochs'], result['num_train'], result['num_val']) == (30, 3000, 2000)
 
 
+@pytest.mark.slow
 def test_probe_is_reproducible_for_a_seed():
     x_tr, y_tr, x_va, y_va = gaussian_classes(seed=3, num_train=600, num_val=200)
     kwargs = dict(num_classes=5, epochs=3, batch_size=64, base_lr=12.8, warmup_epochs=1)
@@ -176,6 +179,7 @@ def test_probe_is_reproducible_for_a_seed():
                                   again.params['head']['kernel'])
 
 
+@pytest.mark.slow
 def test_head_has_only_dense_params_and_mae_init():
     model = lp.ProbeHead(num_classes=1000)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 384)), train=False)
@@ -194,6 +198,7 @@ def test_head_has_only_dense_params_and_mae_init():
     np.testing.assert_array_equal(stats['var'], np.ones(384))
 
 
+@pytest.mark.slow
 def test_one_full_batch_step_updates_running_stats_with_pytorch_momentum():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(100, 8)) * 3.0 + 2.0).astype(np.float32)
@@ -208,6 +213,7 @@ def test_one_full_batch_step_updates_running_stats_with_pytorch_momentum():
     assert probe.lr == pytest.approx(0.1 * 100 / 256)
 
 
+@pytest.mark.slow
 def test_running_stats_after_training_match_feature_moments():
     rng = np.random.default_rng(1)
     scale, shift = rng.uniform(0.5, 4.0, 16), rng.normal(0.0, 5.0, 16)
@@ -239,6 +245,7 @@ def test_topk_accuracy_on_hand_built_logits():
         lp.topk_accuracy(logits, labels, 7)
 
 
+@pytest.mark.slow
 def test_top5_falls_back_to_all_classes_when_fewer_than_five():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(64, 4)).astype(np.float32), rng.integers(0, 3, 64)
@@ -295,6 +302,7 @@ def test_bad_hyperparameters_raise_naming_the_argument(change, message):
         lp.train_linear_probe(**_good_inputs(), **kwargs)
 
 
+@pytest.mark.slow
 def test_single_class_labels_warn_but_train():
     inputs = _good_inputs()
     inputs['train_labels'] = np.zeros(20, int)

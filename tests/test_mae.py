@@ -18,6 +18,7 @@ def small_mae(mask_ratio=0.75):
     return build_mae(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length,ratio", [(16, 0.75), (196, 0.75), (10, 0.5), (7, 0.9)])
 def test_random_masking_invariants(length, ratio):
     noise = jax.random.uniform(jax.random.key(0), (3, length))
@@ -43,6 +44,7 @@ def test_mask_ratio_out_of_range(ratio):
         mae.random_masking(jnp.zeros((1, 4)), ratio)
 
 
+@pytest.mark.slow
 def test_mae_forward_shapes_and_encoder_sees_only_visible_tokens():
     model = small_mae()
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
@@ -62,6 +64,7 @@ def test_mae_forward_shapes_and_encoder_sees_only_visible_tokens():
     assert not np.allclose(model.apply(variables, bump(visible), noise)["pred"][0], out["pred"][0], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_restore_ids_put_visible_tokens_back_in_place():
     # The decoder appends mask tokens to the visible ones and gathers with restore_ids: each visible
     # token must land at its original patch position, mask tokens everywhere else.

@@ -13,6 +13,8 @@ from mim_jax.train import checkpoints
 from mim_jax.train import loop as pretrain
 from mim_jax.train.nonfinite import NonFiniteError, NonFiniteWatch
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def test_watch_names_the_first_offending_step():
     watch = NonFiniteWatch("stop", 10)
@@ -54,6 +56,7 @@ def nonfinite_config(dataset, run_dir, policy):
     return config
 
 
+@pytest.mark.slow
 def test_stop_names_the_step_and_saves_nothing(tiny_dataset, poisoned_run, tmp_path):
     workdir = str(tmp_path / "stop")
     with pytest.raises(NonFiniteError, match=r"non-finite loss nan at step 1 "):
@@ -62,6 +65,7 @@ def test_stop_names_the_step_and_saves_nothing(tiny_dataset, poisoned_run, tmp_p
     assert checkpoints.checkpoint_manager(workdir, 2, False).all_steps() == []
 
 
+@pytest.mark.slow
 def test_skip_leaves_the_state_untouched_and_counts(tiny_dataset, poisoned_run, tmp_path):
     run_dir, poisoned = poisoned_run
     workdir = str(tmp_path / "skip")

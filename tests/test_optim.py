@@ -48,6 +48,7 @@ def test_weight_decay_mask_by_name():
     assert mask["encoder"]["cls_token"]
 
 
+@pytest.mark.slow
 def test_adamw_update_matches_numpy():
     cfg = optim_cfg(base_lr=0.256, warmup_steps=0, weight_decay=0.05, b1=0.9, b2=0.95)
     tx = optim.make_optimizer(cfg, 256, 1000)  # lr at step 0 = 0.256 (cosine starts at peak)
@@ -62,6 +63,7 @@ def test_adamw_update_matches_numpy():
         np.testing.assert_allclose(np.asarray(updates[name]), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_grad_clip_option():
     cfg = optim_cfg(grad_clip_norm=1.0, warmup_steps=0, weight_decay=0.0)
     params = {"kernel": jnp.ones((2, 2))}

@@ -71,6 +71,7 @@ def test_processes_split_each_global_batch(dataset):
     _assert_same(resumed, [parts[1][2]])
 
 
+@pytest.mark.slow
 def test_worker_processes_do_not_change_batches(dataset):
     reference = _train(dataset, 3, start_step=1)
     _assert_same(_train(dataset, 3, start_step=1, num_workers=2), reference)
@@ -159,6 +160,7 @@ def test_eval_processes_yield_equal_counts_and_split_each_batch(dataset):
     np.testing.assert_array_equal(parts[1][2]["mask"], [True] * 3 + [False])
 
 
+@pytest.mark.slow
 def test_eval_max_examples_and_workers(dataset):
     batches = _eval(dataset, batch_size=4, max_examples=10, num_workers=2)
     mask = np.concatenate([b["mask"] for b in batches])
@@ -203,6 +205,7 @@ def ingested(tmp_path_factory, dataset):
     return str(out)
 
 
+@pytest.mark.slow
 def test_subset_batches_do_not_depend_on_processes_or_workers(ingested):
     spec = subsets.SubsetSpec(kind="balanced", fraction=0.5, seed=1)
     assert "index" in records.split_info(ingested, "train")

@@ -39,6 +39,8 @@ def state_bytes_per_device(config, topology):
     return total
 
 
+@pytest.mark.slow
+@pytest.mark.tpu_compile
 @pytest.mark.parametrize("topology,mesh_shape", [("v5e:2x2", (2, 2, 1)), ("v5p:2x2x1", (1, 2, 2))])
 def test_tiny_model_plans_and_fits(topology, mesh_shape):
     config = tiny_config(mesh_shape)
@@ -58,6 +60,9 @@ def test_tiny_model_plans_and_fits(topology, mesh_shape):
     assert report.xla_flops_per_device > 0
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.tpu_compile
 def test_more_memory_than_allowed_exits_1_from_the_cli():
     cmd = [sys.executable, "-m", "mim_jax.plan", "--config=configs/demo.py", "--topology=v5e:2x2",
            "--config.data.global_batch_size=16", "--config.mesh.shape=(4,1,1)", "--max_hbm_fraction=1e-6"]
@@ -66,6 +71,8 @@ def test_more_memory_than_allowed_exits_1_from_the_cli():
     assert "DOES NOT FIT" in proc.stdout and "of 16.00 GiB HBM" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_unknown_topology_is_one_line_exit_2():
     cmd = [sys.executable, "-m", "mim_jax.plan", "--config=configs/demo.py", "--topology=v9:4x4"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -91,6 +98,7 @@ def test_topology_chips_and_hbm():
     assert plan.parse_topology("v5e:16x16").hbm_per_chip == 16 * 2 ** 30
 
 
+@pytest.mark.tpu_compile
 def test_mesh_that_does_not_match_the_topology():
     with pytest.raises(ConfigError, match=r"mesh.shape=\(8, 1, 1\) uses 8 devices but 4 are available"):
         plan.plan(tiny_config((8, 1, 1)), plan.parse_topology("v5e:2x2"))

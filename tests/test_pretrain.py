@@ -13,6 +13,8 @@ from conftest import tiny_pretrain_config, write_config_file
 from mim_jax.train import loop as pretrain
 from mim_jax.train import preemption
 
+pytestmark = [pytest.mark.fake_devices, pytest.mark.slow]  # pretraining runs on the 8 fake CPU devices
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -124,6 +126,7 @@ def kill_test_config(tiny_dataset, tmp_path_factory):
     return config_file, {r["step"]: r["loss"] for r in read_metrics(str(tmp / "reference"))}
 
 
+@pytest.mark.multiprocess
 def test_killed_and_preempted_runs_reproduce_uninterrupted_losses(kill_test_config, tmp_path):
     """SIGKILL during an async save, SIGKILL between saves, SIGTERM (preemption, exit 75), then a full rerun:
     every step any attempt logged has exactly the loss of the uninterrupted run."""
@@ -189,6 +192,7 @@ def test_killed_and_preempted_runs_reproduce_uninterrupted_losses(kill_test_conf
         assert {r["step"]: r["loss"] for r in rows} == {r["step"]: reference[r["step"]] for r in rows}
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("override,message", [
     ("--config.data.bogus=3", "config.data has no field 'bogus'"),
     ("--config.modle.depth=2", "(did you mean --config.model?)"),
@@ -210,6 +214,7 @@ def test_bad_input_fails_in_one_line(tmp_path, override, message):
     assert last.startswith("error: ") and message in last
 
 
+@pytest.mark.multiprocess
 def test_workdir_that_is_a_file(tmp_path):
     path = tmp_path / "afile"
     path.write_text("x")

@@ -214,6 +214,7 @@ def _batches(dataset, n, **kwargs):
     return [{k: np.array(v) for k, v in b.items()} for b in itertools.islice(iterator, n)]
 
 
+@pytest.mark.slow
 def test_pipeline_batches_depend_only_on_seed_and_step_not_processes_or_workers(dataset):
     single = _batches(dataset, 3)
     assert single[0]["image"].shape == (8, 24, 24, 3) and single[0]["image"].dtype == np.uint8

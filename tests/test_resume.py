@@ -10,6 +10,8 @@ from mim_jax.parallel.sharding import make_mesh
 from mim_jax.train import checkpoints, resume
 from mim_jax.train.program import build_program, model_signature
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 def flat(tree):
     return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
@@ -34,6 +36,7 @@ def start(config, workdir):
     return resume.start_state(config, program, checkpoints.checkpoint_manager(workdir, 2, False))
 
 
+@pytest.mark.slow
 def test_init_from_loads_the_encoder_only(source_run, tmp_path, capsys):
     run_dir, source = source_run
     config = tiny_pretrain_config("unused")
@@ -54,6 +57,7 @@ def test_init_from_loads_the_encoder_only(source_run, tmp_path, capsys):
     assert "Starting from scratch" in out
 
 
+@pytest.mark.slow
 def test_init_from_a_converted_weights_file(source_run, tmp_path, capsys):
     """init_from also takes a weights file mim_jax.convert reads (here the mim_jax format of the source encoder)."""
     from mim_jax.convert.native import save_native
@@ -87,6 +91,7 @@ def test_init_from_reports_missing_and_unexpected_keys():
         resume.merge_weights(params, source, "head", shardings)
 
 
+@pytest.mark.slow
 def test_resume_from_path_restores_full_state_and_own_checkpoint_wins(source_run, tmp_path, capsys):
     run_dir, source = source_run
     config = tiny_pretrain_config("unused")

@@ -6,6 +6,8 @@ from jax.sharding import PartitionSpec as P
 
 from mim_jax.parallel import sharding
 
+pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
+
 
 @pytest.mark.parametrize("shape,devices,expected", [
     ((-1, 1, 1), 8, (8, 1, 1)), ((1, -1, 2), 8, (1, 4, 2)), ((2, 2, 2), 8, (2, 2, 2)), ((-1, 1, 1), 1, (1, 1, 1)),

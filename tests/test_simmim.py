@@ -81,6 +81,7 @@ def test_each_cell_is_masked_with_frequency_near_ratio():
     np.testing.assert_allclose(per_cell, 0.6, atol=0.05)
 
 
+@pytest.mark.fake_devices
 def test_masks_do_not_depend_on_the_mesh():
     assert len(jax.devices()) == 8
     sample = lambda k: model_lib.sample_masks(k, 16, 224, 32, 16, 0.6)
@@ -229,6 +230,7 @@ def our_simmim(dtype=jnp.float32, drop_path_rate: float = 0.0) -> model_lib.SimM
                                     positions="learned", ln_eps=1e-12, dtype=dtype, drop_path_rate=drop_path_rate))
 
 
+@pytest.mark.slow
 def test_parity_with_hf_vit_for_masked_image_modeling(hf_simmim):
     model, path = hf_simmim
     params = import_hf_simmim(model, path)
@@ -255,6 +257,7 @@ def test_parity_with_hf_vit_for_masked_image_modeling(hf_simmim):
     np.testing.assert_allclose(float(loss_lib.simmim_loss(out16, images, PATCH)), float(ref.loss), rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_train_flag_reaches_the_encoder_drop_path(hf_simmim):
     params = import_hf_simmim(*hf_simmim)
     images = jnp.asarray(np.random.default_rng(1).normal(size=(4, IMAGE, IMAGE, 3)).astype(np.float32))
@@ -266,6 +269,7 @@ def test_train_flag_reaches_the_encoder_drop_path(hf_simmim):
     assert np.abs(np.asarray(trained["reconstruction"]) - np.asarray(reference)).max() > 1e-3
 
 
+@pytest.mark.fake_devices
 def test_loss_is_the_same_with_the_batch_sharded_over_8_devices():
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.normal(size=(8, 32, 32, 3)).astype(np.float32))

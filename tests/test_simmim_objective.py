@@ -57,17 +57,6 @@ def run_steps(mesh_shape, devices, sgd, num_steps=3):
     return losses, jax.device_get(state.params)
 
 
-def dump_mesh_runs(path: str) -> None:
-    """Subprocess entry: both runs on each parameter-sharded mesh over 8 fake devices, saved to `path`."""
-    out = {}
-    for name, shape in (("fsdp", (1, 8, 1)), ("mixed", (2, 2, 2))):
-        out[f"{name}_adam"] = np.array(run_steps(shape, jax.devices(), sgd=False)[0])
-        sgd_losses, params = run_steps(shape, jax.devices(), sgd=True)
-        out[f"{name}_sgd"] = np.array(sgd_losses)
-        out.update({f"{name}_p{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))})
-    np.savez(path, **out)
-
-
 @pytest.fixture(scope="module")
 def reference_runs():
     return {sgd: run_steps((1, 1, 1), jax.devices()[:1], sgd) for sgd in (False, True)}
@@ -80,24 +69,14 @@ def check_same(reference_runs, adam, sgd, params):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, reference_runs[True][1])
 
 
-def test_data_parallel_mesh_equals_one_device(reference_runs):
-    adam, _ = run_steps((8, 1, 1), jax.devices(), sgd=False)
-    sgd, params = run_steps((8, 1, 1), jax.devices(), sgd=True)
+@pytest.mark.slow
+@pytest.mark.fake_devices
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (2, 2, 2)])
+def test_meshes_equal_one_device(reference_runs, mesh_shape):
+    """Data-parallel, FSDP and mixed meshes over the 8 fake devices give the 1-device losses and params."""
+    adam, _ = run_steps(mesh_shape, jax.devices(), sgd=False)
+    sgd, params = run_steps(mesh_shape, jax.devices(), sgd=True)
     check_same(reference_runs, adam, sgd, params)
-
-
-def test_parameter_sharded_meshes_equal_one_device(reference_runs, tmp_path):
-    """(1, 8, 1) and (2, 2, 2): one fresh process for both (as test_train_step runs its sharded meshes)."""
-    path = str(tmp_path / "runs.npz")
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import test_simmim_objective as t; t.dump_mesh_runs({path!r})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = np.load(path)
-    treedef = jax.tree.structure(reference_runs[True][1])
-    for name in ("fsdp", "mixed"):
-        params = jax.tree.unflatten(treedef, [out[f"{name}_p{i}"] for i in range(treedef.num_leaves)])
-        check_same(reference_runs, out[f"{name}_adam"], out[f"{name}_sgd"], params)
 
 
 def read_losses(workdir):
@@ -105,6 +84,8 @@ def read_losses(workdir):
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_path):
     """A SimMIM run killed between checkpoints and re-run logs every step with the uninterrupted run's loss."""
     config = tiny_pretrain_config(tiny_dataset, total_steps=16, objective="simmim")

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import trace_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +28,8 @@ def run_harness(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_tiny_run_reports_both_sides_and_appends_the_table(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")

@@ -44,6 +44,7 @@ def test_image_depends_only_on_seed_split_index(small_dataset):
     assert by_key[key] == {"image": image, "label": label, "key": key}
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_records(small_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "_PARALLEL_MIN_EXAMPLES", 0)
     out = tmp_path / "parallel"

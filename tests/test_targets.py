@@ -41,6 +41,7 @@ def test_mae_loss_matches_numpy_float64(norm_pix):
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_loss_ignores_visible_patches():
     rng = np.random.default_rng(2)
     images = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)

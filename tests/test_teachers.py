@@ -69,6 +69,8 @@ def teacher_config(dataset_dir: str, weights: str, steps: int = 3):
     return c
 
 
+@pytest.mark.slow
+@pytest.mark.fake_devices
 def test_teacher_params_frozen_and_outside_optimizer(tmp_path):
     from mim_jax.convert.teacher_weights import load_teacher_params
     c = teacher_config("", random_teacher_file(tmp_path / "clip.safetensors"))
@@ -146,6 +148,7 @@ def test_teacher_config_errors_name_the_field(tmp_path):
         validate(c, check_data_path=False)
 
 
+@pytest.mark.slow
 def test_h14_student_runs_a_b16_clip_teacher_on_its_grid():
     """configs/pretrain.py:model=H/14,target=clip: 16x16 student grid at 224 px -> the /16 teacher at 256 px."""
     import importlib.util
@@ -166,6 +169,7 @@ def test_h14_student_runs_a_b16_clip_teacher_on_its_grid():
         module.get_config("target=pixels")
 
 
+@pytest.mark.slow
 def test_a_teacher_run_reloads_with_its_feature_decoder(tmp_path):
     """Evaluation rebuilds a mae_teacher run's MAE with the teacher-width prediction head (not p*p*3 pixels)."""
     from mim_jax.train.program import build_model as run_model
@@ -177,6 +181,7 @@ def test_a_teacher_run_reloads_with_its_feature_decoder(tmp_path):
     assert run_model(c).decoder.out_dim == 8 * 8 * 3
 
 
+@pytest.mark.slow
 def test_mae_run_teacher_equals_the_encoder_it_loads():
     """A sin-cos TeacherViT on an Encoder's params (the mae_run teacher) computes exactly that Encoder's forward."""
     from mim_jax.models.teachers import encoder_arch

@@ -82,6 +82,7 @@ def test_random_flip_matches_numpy():
     assert np.mean(flips) == pytest.approx(0.5, abs=0.04)
 
 
+@pytest.mark.slow
 def test_normalize_matches_numpy_formula():
     mean, std = np.array(transforms.IMAGENET_MEAN), np.array(transforms.IMAGENET_STD)
     images = np.random.default_rng(0).integers(0, 256, size=(2, 5, 5, 3), dtype=np.uint8)

@@ -83,6 +83,7 @@ def init_small(depth=2, width=64, heads=4, remat="none"):
     return enc, x, variables
 
 
+@pytest.mark.slow
 def test_every_param_has_logical_axes_for_each_dim():
     _, _, variables = init_small()
     boxes = jax.tree.leaves(variables["params"], is_leaf=lambda v: isinstance(v, nn.LogicallyPartitioned))
@@ -91,6 +92,7 @@ def test_every_param_has_logical_axes_for_each_dim():
         assert len(b.names) == b.value.ndim
 
 
+@pytest.mark.slow
 def test_scan_stacks_layers_and_init_statistics():
     enc, x, variables = init_small(depth=3, width=64)
     params = nn.unbox(variables["params"])
@@ -112,6 +114,7 @@ def test_scan_stacks_layers_and_init_statistics():
     assert not np.allclose(q[0], q[1])
 
 
+@pytest.mark.slow
 def test_remat_policies_give_same_output_and_grads():
     outs = []
     for remat in ("none", "full", "save_dots"):
@@ -124,6 +127,7 @@ def test_remat_policies_give_same_output_and_grads():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, outs[0][1])
 
 
+@pytest.mark.slow
 def test_keep_ids_select_tokens():
     enc, x, variables = init_small(depth=0 + 1)
     full = enc.apply(variables, x)

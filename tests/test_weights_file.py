@@ -18,6 +18,8 @@ from mim_jax.evaluate.weights_file import load_weights_file
 from mim_jax.models.teachers import TeacherViT, ViTArch, interpolate_positions
 from mim_jax.parallel.sharding import logical_rules, make_mesh
 
+pytestmark = pytest.mark.slow  # whole weights-file evaluations (tens of seconds)
+
 MAWS_LIKE = ViTArch(32, 2, 2, 64, 8, 4, positions="learned")  # timm layout: learned positions, GELU, eps 1e-6
 HF_DINO_LIKE = ViTArch(32, 2, 2, 64, 8, 4, positions="learned", ln_eps=1e-12)  # transformers ViTModel
 

@@ -35,6 +35,7 @@ def test_eigenvalue_floor_follows_the_formula():
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_knn_on_whitened_features_ignores_an_invertible_linear_map():
     """Whitening undoes any invertible linear map of the features, so the neighbours do not change."""
     rng = np.random.default_rng(1)
@@ -64,6 +65,7 @@ class FixedFeatures:
         return self.x[:300], self.y[:300], self.x[300:], self.y[300:]
 
 
+@pytest.mark.slow
 def test_evaluators_whiten_on_the_train_features_only():
     ctx = FixedFeatures()
     e = knn_config()

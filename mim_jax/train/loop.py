@@ -34,7 +34,7 @@ from mim_jax.train.program import (
 from mim_jax.train.run_log import RunLog
 from mim_jax.train.runs import read_run_params
 
-# Fake CPU devices dead-lock when too many collective steps are queued (see DEPS.md): sync this often on CPU.
+# Fake CPU devices: bound the collective steps queued at once (docs/testing.md): sync this often on CPU.
 CPU_SYNC_EVERY = 10
 
 

@@ -29,7 +29,7 @@ def create_train_state(model: nn.Module, inputs: tuple, tx: optax.GradientTransf
         _, shardings = state_shardings(init, mesh, rules, rng)
         state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
     # Finish init before the first step is queued: two collective programs in flight at once can
-    # dead-lock fake CPU devices (see DEPS.md), and on accelerators the wait is a one-off.
+    # starve fake CPU devices of threads (docs/testing.md), and on accelerators the wait is a one-off.
     return jax.block_until_ready(state), shardings
 
 
