@@ -25,7 +25,8 @@ XIE_STEPS = (125_000, 250_000, 500_000)
 BATCH = 2048
 LR_AT_BATCH = 4e-4  # both papers at batch 2048; our lr is base_lr * batch / 256
 
-# size -> (TPU slice, mesh (data, fsdp, tensor), remat) at batch 2048, planned with mim_jax.plan (recipe xie).
+# size -> (TPU slice, mesh (data, fsdp, tensor), remat) at batch 2048, planned with mim_jax.plan (B/16, L/16: recipe
+# xie, 22% of HBM; H/14: recipe simmim, 32%; docs/configs_and_objectives.md).
 PAPER_SCALE = {
     "B/16": ("v5p:2x2x1", (-1, 1, 1), "save_dots"),
     "L/16": ("v5p:2x2x2", (1, -1, 1), "save_dots"),

@@ -14,7 +14,7 @@ from mim_jax.config.validation import ConfigError
 from mim_jax.objectives.mae import build_mae, init_inputs
 from mim_jax.parallel.sharding import logical_rules, make_mesh
 from mim_jax.train import checkpoints, optim
-from mim_jax.train.program import model_signature
+from mim_jax.train.program import SHAPE_FREE_MODEL_FIELDS, model_signature
 from mim_jax.train.state import abstract_train_state, create_train_state
 
 pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
@@ -85,8 +85,10 @@ def test_old_run_config_and_signature_read_with_the_new_field_names(tmp_path):
     config = read_run_config(str(tmp_path / "checkpoints" / "3"))
     assert (config.mae.mask_ratio, config.mae.norm_pix_loss) == (0.6, False)
     assert config.mae.decoder.to_dict() == mae_block["decoder"] and "decoder" not in config.model
+    # An old signature: the model fields minus the shape-free ones, with the decoder still under model.
     saved = {"objective": "mae", "model": {k: v for k, v in old["model"].items()
-                                           if k not in ("dtype", "remat", "mask_ratio", "norm_pix_loss", "drop_path")}}
+                                           if k not in SHAPE_FREE_MODEL_FIELDS + ("mask_ratio", "norm_pix_loss")}}
+    assert "decoder" in saved["model"]
     checkpoints.check_signature(saved, model_signature(tiny_pretrain_config("unused")), str(tmp_path))
 
 

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from mim_jax.errors import ConfigError
+from mim_jax.models.patches import unpatchify
 from mim_jax.models.vit import Encoder, partitioned
-from mim_jax.objectives.targets import unpatchify
 
 HEAD_INIT_STD = 0.02  # normal truncated at 2 std, zero bias (HF ViTForMaskedImageModeling: std 0.02, zero bias)
 

@@ -34,14 +34,18 @@ class Frozen:
     """Frozen inputs of the step (a teacher): module, abstract params with shardings, and how to load them.
 
     The params are not in the TrainState: they enter the jitted step as a separate, non-donated argument.
-    `load(config, mesh, rules, read_run)` returns them as global arrays; `read_run(path, mesh, rules)` is
-    the train layer's reader of an earlier run's params (for a teacher that is an earlier run).
+    `loader(frozen, config, mesh, rules, read_run)` returns them as global arrays; `read_run(path, mesh, rules)`
+    is the train layer's reader of an earlier run's params (for a teacher that is an earlier run).
     """
     module: nn.Module
     abstract_params: Any
     shardings: Any
-    load: Callable[..., Any]
+    loader: Callable[..., Any]
     info: dict = dataclasses.field(default_factory=dict)  # objective-specific facts (e.g. the teacher's arch)
+
+    def load(self, config, mesh, rules, read_run: Callable) -> Any:
+        """The frozen params as global arrays in `self.shardings` (loaded once per run)."""
+        return self.loader(self, config, mesh, rules, read_run)
 
 
 @dataclasses.dataclass(frozen=True)

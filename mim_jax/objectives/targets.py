@@ -4,26 +4,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mim_jax.models.patches import patchify, unpatchify  # noqa: F401  (unpatchify: re-exported)
+
 NORM_PIX_EPS = 1e-6
-
-
-def patchify(images: jax.Array, patch_size: int) -> jax.Array:
-    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in raster order, pixels (row, col, channel)."""
-    b, h, w, c = images.shape
-    p = patch_size
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(patches: jax.Array, patch_size: int, channels: int = 3) -> jax.Array:
-    """Inverse of `patchify` for a square grid."""
-    b, length, _ = patches.shape
-    g = int(round(length ** 0.5))
-    if g * g != length:
-        raise ValueError(f"unpatchify needs a square patch grid, got {length} patches")
-    p = patch_size
-    x = patches.reshape(b, g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, g * p, g * p, channels)
 
 
 def pixel_targets(images: jax.Array, patch_size: int, normalize: bool) -> jax.Array:
