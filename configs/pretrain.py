@@ -17,6 +17,7 @@ e.g. --config.optim.base_lr=1.5e-4 --config.mesh.shape='(1,-1,1)'.
 """
 import ml_collections
 
+from mim_jax.config import recipes
 from mim_jax.config.defaults import IMAGENET_TRAIN_SIZE, base_config
 
 ARGS = ("model", "batch", "recipe", "target")
@@ -38,19 +39,7 @@ FP32_SIZES = ("6.5B/14",)
 
 def parse_arg(arg: str) -> dict:
     """'model=L/16,batch=4096' -> {'model': 'L/16', 'batch': '4096'}."""
-    out = {}
-    for item in filter(None, (arg or "").split(",")):
-        if "=" not in item:
-            raise ValueError(f"config argument {item!r} must look like key=value (keys: {', '.join(ARGS)})")
-        key, value = item.split("=", 1)
-        if key not in ARGS:
-            raise ValueError(f"unknown config argument {key!r}; use {', '.join(f'{a}=...' for a in ARGS)}")
-        out[key] = value
-    if out.get("recipe", "mae") not in RECIPES:
-        raise ValueError(f"config argument recipe={out['recipe']!r}; use one of {RECIPES}")
-    if out.get("target", "pixel") not in TARGETS:
-        raise ValueError(f"config argument target={out['target']!r}; use one of {TARGETS}")
-    return out
+    return recipes.parse_arg(arg, ARGS, {"recipe": RECIPES, "target": TARGETS})
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

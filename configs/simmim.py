@@ -17,6 +17,7 @@ divide 192. Each size names the TPU slice it was planned for (`config.plan.topol
 """
 import ml_collections
 
+from mim_jax.config import recipes
 from mim_jax.config.defaults import IMAGENET_TRAIN_SIZE, base_config
 
 ARGS = ("model", "recipe", "steps")
@@ -36,16 +37,7 @@ PAPER_SCALE = {
 
 def parse_arg(arg: str) -> dict:
     """'model=L/16,recipe=xie' -> {'model': 'L/16', 'recipe': 'xie'}; unknown keys and values fail in one line."""
-    out = {}
-    for item in filter(None, (arg or "").split(",")):
-        if "=" not in item:
-            raise ValueError(f"config argument {item!r} must look like key=value (keys: {', '.join(ARGS)})")
-        key, value = item.split("=", 1)
-        if key not in ARGS:
-            raise ValueError(f"unknown config argument {key!r}; use {', '.join(f'{a}=...' for a in ARGS)}")
-        out[key] = value
-    if out.get("recipe", "simmim") not in RECIPES:
-        raise ValueError(f"config argument recipe={out['recipe']!r}; use one of {RECIPES}")
+    out = recipes.parse_arg(arg, ARGS, {"recipe": RECIPES})
     if "steps" in out and (out.get("recipe") != "xie" or int(out["steps"]) not in XIE_STEPS):
         raise ValueError(f"config argument steps={out['steps']!r}: recipe=xie takes one of {XIE_STEPS}")
     return out

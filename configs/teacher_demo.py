@@ -4,22 +4,14 @@ Usage (after a pixel run, e.g. the quickstart into workdirs/demo):
   python -m mim_jax.pretrain --config=configs/teacher_demo.py:workdirs/demo --workdir=workdirs/teacher_demo
 The argument is the teacher's run directory (or RUN/checkpoints/STEP); it defaults to workdirs/demo.
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _demo_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(os.path.dirname(__file__), "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from mim_jax.config.recipes import load_sibling
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """The quickstart recipe with objective mae_teacher and teacher.type=mae_run."""
-    c = _demo_config()
+    c = load_sibling(__file__, "demo.py").get_config()
     c.objective = "mae_teacher"
     c.teacher.type = "mae_run"
     c.teacher.weights = arg or "workdirs/demo"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import logging
 import sys
 from typing import Callable, Optional, Sequence
@@ -10,6 +9,7 @@ from typing import Callable, Optional, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
+from mim_jax.config.recipes import load_module
 from mim_jax.config.run_config import RENAMED
 from mim_jax.data.records import DatasetError
 from mim_jax.errors import ConfigError
@@ -18,9 +18,7 @@ from mim_jax.errors import ConfigError
 def load_config_file(spec: str):
     """Load `path.py[:arg]` the way --config does (for error messages; the flag does the real loading)."""
     path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_mim_jax_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_module(path)
     return module.get_config(arg) if arg else module.get_config()
 
 
