@@ -60,15 +60,17 @@ def plot(runs: list[str], out: str) -> None:
         for j, (name, _) in enumerate(EVALS):
             pretrained, random_init = read_top1(run, name)
             x = j + (2 * i - len(runs)) * width + width / 2
-            bars.bar(x, pretrained, width, color=f"C{i}", label=f"{run_label(run)} pretrained" if j == 0 else None)
+            objective = run_label(run).split(" (")[0]
+            bars.bar(x, pretrained, width, color=f"C{i}", label=f"{objective} pretrained" if j == 0 else None)
             bars.bar(x + width, random_init, width, color=f"C{i}", alpha=0.35,
-                     label=f"{run_label(run)} random init" if j == 0 else None)
+                     label=f"{objective} random init" if j == 0 else None)
             bars.text(x, pretrained + 0.5, f"{pretrained:.1f}", ha="center", fontsize=8)
             bars.text(x + width, random_init + 0.5, f"{random_init:.1f}", ha="center", fontsize=8)
     bars.set_xticks(range(len(EVALS)), [label for _, label in EVALS])
     bars.set_ylabel("val top-1 (%)")
     bars.set_title("frozen features, 2,500 val images, 10 classes")
-    bars.legend(fontsize=8, loc="lower right")
+    bars.set_ylim(0, bars.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    bars.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
