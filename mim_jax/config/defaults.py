@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from mim_jax.config.validation import EVAL_TYPES  # noqa: F401  (eval_schedule's `type` is one of these)
 from mim_jax.objectives.registry import objective_blocks
 from mim_jax.parallel.sharding import DEFAULT_RULES
 
@@ -104,7 +103,7 @@ def subset_config() -> ml_collections.ConfigDict:
 def eval_schedule(eval_type: str) -> ml_collections.ConfigDict:
     """Fields every evaluator has: its type and when pretraining runs it (all off by default)."""
     e = ml_collections.ConfigDict()
-    e.type = eval_type                # one of EVAL_TYPES
+    e.type = eval_type                # one of config.validation.EVAL_TYPES
     e.every_steps = 0                 # > 0: run every N pretraining steps (-> metrics.jsonl and evals/<name>.json)
     e.at_end = False                  # run after the last pretraining step -> evals/<name>.json
     e.random_init_baseline = False    # at the end, also evaluate the same model at its random init
