@@ -25,14 +25,8 @@ from typing import Callable, Optional, Sequence
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mim_jax.cluster.launch_check import (
-    check_job,
-    describe_mesh,
-    load_pretrain_config,
-    pretrain_flag,
-    run_launcher,  # noqa: E402
-    split_at_dashes,
-)
+from mim_jax.cluster.launch_check import check_job, describe_mesh, load_pretrain_config, pretrain_flag, \
+    run_launcher, split_at_dashes  # noqa: E402
 from mim_jax.errors import ConfigError  # noqa: E402
 
 JOB_BODY = os.path.join(REPO, "launch", "slurm.sbatch")
