@@ -482,3 +482,24 @@ def test_tag_flags_that_do_not_fit_together(tmp_path, kwargs, message):
                                                    r"imagefolder"):
         ingest.ingest(f"imagefolder:{shards}", str(tmp_path / "out2"), num_workers=1, progress=False,
                       tags_key="tags", label_vocab=_vocab_file(tmp_path))
+
+
+@pytest.mark.slow
+def test_tagged_ingest_with_workers_writes_the_same_shards(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tagged_shard(shards / "a.tar", [({"tags": t} if t is not None else {}, None) for t in JSON_TAGS])
+    _tagged_shard(shards / "b.tar", [({"tags": ["cat", "x"]}, None), ({"tags": ["kitty"]}, None)])
+    vocab = _vocab_file(tmp_path)
+    one = ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "one"), num_workers=1, progress=False,
+                        tags_key="tags", label_vocab=vocab)
+    two = ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "two"), num_workers=2, progress=False,
+                        tags_key="tags", label_vocab=vocab)
+    assert one == two and one["splits"]["train"]["tags"] == {"mapped": 10, "unknown": 5, "tagless": 3,
+                                                             "skip_tagless": False}
+    for name in one["splits"]["train"]["shards"] + ["train-index.npz"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    (tmp_path / "vocab.txt").write_text(VOCAB + "sunset\n")  # Another vocabulary: resuming is refused.
+    with pytest.raises(records.DatasetError, match=r"other arguments \(changed: label_vocab\)"):
+        ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "one"), num_workers=1, progress=False,
+                      tags_key="tags", label_vocab=vocab)
