@@ -39,6 +39,7 @@ setup(
             "mim-plan=mim_jax.plan:run",
             "mim-ingest=mim_jax.data.ingest:main",
             "mim-convert=mim_jax.convert.__main__:run",
+            "mim-study=mim_jax.study.__main__:run",
         ],
     },
 )
