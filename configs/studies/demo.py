@@ -3,11 +3,11 @@
     python -m mim_jax.study run --config=configs/studies/demo.py --root=workdirs/study_demo
     python -m mim_jax.study collect --root=workdirs/study_demo
 
-MAE on 64-px shapes (the quickstart's data), batch 128, Xie et al.'s step schedule (lr x0.1 for the last 1/8),
-so the 150-step cells branch from the 600-step cells at their decay point (step 131) and train only 19 steps.
+MAE on 64-px shapes (the quickstart's data), batch 64, Xie et al.'s step schedule (lr x0.1 for the last 1/8),
+so the 100-step cells branch from the 400-step cells at their decay point (step 88) and train only 12 steps.
 Each cell ends with its validation loss (objective_loss on 1,000 val images, fixed masks) and a whitened kNN.
 It asks whether Xie et al.'s overfitting signature shows up: the validation loss rising with training length on
-the smallest subset (256 images: 300 epochs in 600 steps) while the larger subsets keep falling.
+the smallest subset (256 images: 100 epochs in 400 steps) while the larger subsets keep falling.
 
 `configs/studies/demo.py:tiny` is the 2-minute version the tests run (32-px images, 8 / 16 steps).
 Axes can be narrowed: `configs/studies/demo.py:model=small,data=256|2k`.
@@ -28,8 +28,8 @@ def full_axes() -> tuple:
         Value("2k", overrides={"data.subset.kind": "random", "data.subset.count": 2048}, x=2048),
         Value("20k", overrides={"data.subset.kind": "all"}, x=TRAIN_IMAGES),
     ))
-    length = Axis("length", (Value("150", overrides={"total_steps": 150}, x=150),
-                             Value("600", overrides={"total_steps": 600}, x=600)))
+    length = Axis("length", (Value("100", overrides={"total_steps": 100}, x=100),
+                             Value("400", overrides={"total_steps": 400}, x=400)))
     return model, data, length
 
 
@@ -47,9 +47,9 @@ def tiny_axes() -> tuple:
 
 
 COMMON = {
-    "model.variant": "Ti/16", "model.patch_size": 16, "data.global_batch_size": 128,
+    "model.variant": "Ti/16", "model.patch_size": 16, "data.global_batch_size": 64,
     "optim.schedule": "step", "optim.step_decay_at": 0.875, "optim.step_decay_factor": 0.1,
-    "optim.warmup_steps": 30, "ckpt.every_steps": 100, "log.every_steps": 10,
+    "optim.warmup_steps": 20, "ckpt.every_steps": 100, "log.every_steps": 10,
     "evals.val_loss.every_steps": 0, "evals.linear_probe.at_end": False,
     "evals.linear_probe.random_init_baseline": False, "evals.fewshot.at_end": False,
     "evals.fewshot.random_init_baseline": False, "evals.knn.random_init_baseline": False,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import matplotlib
 
 matplotlib.use("Agg")
+matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text (searchable, editable)
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mim_jax.study.collect import metrics_rows  # noqa: E402

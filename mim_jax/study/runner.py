@@ -78,8 +78,8 @@ def parse_sets(sets: list[str]) -> dict:
     return out
 
 
-def check_root(root: str, study: Study, spec: str, cells: list[Cell]) -> None:
-    """Refuse a root that holds another study's cells; record this study there (ROOT/study.json)."""
+def check_root(root: str, study: Study, spec: str, cells: list[Cell], write: bool = True) -> None:
+    """Refuse a root that holds another study's cells; record this study there (ROOT/study.json) when `write`."""
     path = run_dirs.join(root, STUDY_FILE)
     if run_dirs.exists(path):
         held = json.loads(run_dirs.read_text(path))
@@ -94,7 +94,8 @@ def check_root(root: str, study: Study, spec: str, cells: list[Cell]) -> None:
             raise ConfigError(f"--root={root} holds study cells ({foreign[0]}, ...) but no {STUDY_FILE}; use another "
                               f"--root")
         names = [c.name for c in cells]
-    run_dirs.write_text(path, json.dumps({"study": study.name, "spec": spec, "cells": names}, indent=2))
+    if write:
+        run_dirs.write_text(path, json.dumps({"study": study.name, "spec": spec, "cells": names}, indent=2))
 
 
 def run_order(cells: list[Cell], all_cells: list[Cell], branches: dict) -> list[Cell]:
@@ -275,8 +276,7 @@ def run(plan: Plan, launcher: str = "local", dry_run: bool = False, options: lis
         raise ConfigError(f"--launcher={launcher!r}: use one of {LAUNCHERS}")
     if not dry_run or launcher == "local":
         run_dirs.make_dirs(plan.root)
-    if not dry_run:
-        check_root(plan.root, plan.study, plan.spec, plan.cells)
+    check_root(plan.root, plan.study, plan.spec, plan.cells, write=not dry_run)
     print(f"[study] {plan.study.name}: {len(plan.cells)} cells under {plan.root} ({launcher}"
           f"{', dry run' if dry_run else ''})", file=out, flush=True)
     status = 0
