@@ -6,6 +6,7 @@
 
 # %%
 import argparse
+import os
 
 import jax
 import jax.numpy as jnp
@@ -47,12 +48,14 @@ def reconstruct(workdir: str, num_images: int = 8, seed: int = 0) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
+# %% tags=["parameters"]
+# Parameters: flags when run as a script; in a notebook kernel the environment (MIM_RUN_DIR, MIM_OUT) or defaults.
+parser = argparse.ArgumentParser()
+parser.add_argument("--workdir", default=os.environ.get("MIM_RUN_DIR", "workdirs/demo"))
+parser.add_argument("--out", default=os.environ.get("MIM_OUT", "workdirs/demo/reconstructions.png"))
+args, _ = parser.parse_known_args()  # a kernel's own arguments (-f connection file) are ignored
+
 # %%
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    grid = reconstruct(args.workdir)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.out)
-    print(f"wrote {args.out}")
+grid = reconstruct(args.workdir)
+Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.out)
+print(f"wrote {args.out}")

@@ -16,7 +16,7 @@ from mim_jax import workdir as run_dirs
 from mim_jax.config.run_config import read_run_config
 from mim_jax.errors import ConfigError
 from mim_jax.study.grid import AXES
-from mim_jax.study.runner import CELL_FILE, STATE_FILE, STUDY_FILE, read_state
+from mim_jax.study.runner import CELL_FILE, STUDY_FILE, read_state
 from mim_jax.train.program import train_flops_per_step
 from mim_jax.train.run_log import METRICS_FILE
 
