@@ -42,7 +42,8 @@ def reconstruct(workdir: str, num_images: int = 8, seed: int = 0) -> np.ndarray:
     mask = out["mask"][..., None]
     masked_input = objectives.unpatchify(target * (1 - mask), p)
     pasted = objectives.unpatchify(target * (1 - mask) + pred * mask, p)
-    to_uint8 = lambda x: np.clip((np.asarray(x) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
+    def to_uint8(x):
+        return np.clip((np.asarray(x) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
     rows = [np.concatenate(list(to_uint8(x)), axis=1) for x in (images, masked_input, pasted)]
     print(f"step {step}: reconstructions of {num_images} val images")
     return np.concatenate(rows, axis=0)
