@@ -9,7 +9,9 @@ Each cell ends with its validation loss (objective_loss on 1,000 val images, fix
 It asks whether Xie et al.'s overfitting signature shows up: the validation loss rising with training length on
 the smallest subset (256 images: 100 epochs in 400 steps) while the larger subsets keep falling.
 
-`configs/studies/demo.py:tiny` is the 2-minute version the tests run (32-px images, 8 / 16 steps).
+`configs/studies/demo.py:tiny` is the version the tests run (8 cells of 8 / 16 steps on 32-px images: seconds of
+training each, the rest process start-up and compilation; 7m30s for all 8 on the loaded 2-core machine, so the
+tests run 2 to 5 of its cells).
 Axes can be narrowed: `configs/studies/demo.py:model=small,data=256|2k`.
 """
 from mim_jax.study.grid import Axis, Study, Value
