@@ -6,6 +6,7 @@
 
 # %%
 import argparse
+import os
 
 import jax
 import jax.numpy as jnp
@@ -41,18 +42,21 @@ def reconstruct(workdir: str, num_images: int = 8, seed: int = 0) -> np.ndarray:
     mask = out["mask"][..., None]
     masked_input = objectives.unpatchify(target * (1 - mask), p)
     pasted = objectives.unpatchify(target * (1 - mask) + pred * mask, p)
-    to_uint8 = lambda x: np.clip((np.asarray(x) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
+    def to_uint8(x):
+        return np.clip((np.asarray(x) * IMAGENET_STD + IMAGENET_MEAN) * 255, 0, 255).astype(np.uint8)
     rows = [np.concatenate(list(to_uint8(x)), axis=1) for x in (images, masked_input, pasted)]
     print(f"step {step}: reconstructions of {num_images} val images")
     return np.concatenate(rows, axis=0)
 
 
+# %% tags=["parameters"]
+# Parameters: flags when run as a script; in a notebook kernel the environment (MIM_RUN_DIR, MIM_OUT) or defaults.
+parser = argparse.ArgumentParser()
+parser.add_argument("--workdir", default=os.environ.get("MIM_RUN_DIR", "workdirs/demo"))
+parser.add_argument("--out", default=os.environ.get("MIM_OUT", "workdirs/demo/reconstructions.png"))
+args, _ = parser.parse_known_args()  # a kernel's own arguments (-f connection file) are ignored
+
 # %%
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    grid = reconstruct(args.workdir)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.out)
-    print(f"wrote {args.out}")
+grid = reconstruct(args.workdir)
+Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(args.out)
+print(f"wrote {args.out}")

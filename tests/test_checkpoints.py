@@ -123,3 +123,22 @@ def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"no checkpoint in .*checkpoints can be read \(steps \[1\]; step 1: "):
         checkpoints.restore_latest(manager, abstract, signature)
     assert manager.all_steps() == [1]
+
+
+def test_keep_steps_are_kept_beyond_max_to_keep(tmp_path):
+    import jax.numpy as jnp
+    manager = checkpoints.checkpoint_manager(str(tmp_path), max_to_keep=2, async_save=False, keep_steps=(3, 5))
+    for step in range(1, 9):
+        checkpoints.save(manager, step, {"x": jnp.full((2,), step, jnp.float32)}, {"step": step})
+    manager.wait_until_finished()
+    assert sorted(manager.all_steps()) == [3, 5, 7, 8]  # the branch points and the latest two
+    plain = checkpoints.checkpoint_manager(str(tmp_path / "plain"), max_to_keep=2, async_save=False)
+    for step in range(1, 5):
+        checkpoints.save(plain, step, {"x": jnp.zeros(2)}, {"step": step})
+    plain.wait_until_finished()
+    assert sorted(plain.all_steps()) == [3, 4]
+    config = tiny_pretrain_config("")
+    config.ckpt.keep_steps = (0,)
+    with pytest.raises(ConfigError, match=r"ckpt.keep_steps=\(0,\)"):
+        from mim_jax.config.validation import validate_fault_tolerance
+        validate_fault_tolerance(config)

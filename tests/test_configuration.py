@@ -125,7 +125,8 @@ def test_teacher_runs_refuse_the_pixel_validation_loss():
     config.teacher.type = "mae_run"
     config.evals.val_loss.every_steps = 100
     with pytest.raises(ConfigError, match=r"evals.val_loss.type='recon_loss': does not apply to objective="
-                                          r"'mae_teacher' \(it supports \['fewshot', 'finetune', 'knn', 'linear_probe'\]\)"):
+                                          r"'mae_teacher' \(it supports \['fewshot', 'finetune', 'knn', 'linear_probe', "
+                                          r"'objective_loss'\]\)"):
         registry.validate(config, check_data_path=False)
     config.evals.val_loss.every_steps = 0
     registry.validate(config, check_data_path=False)

@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.max_replicated_fraction = 0.02  # with fsdp > 1: at most this share of parameter bytes unsharded
 
     c.ckpt = ml_collections.ConfigDict(dict(every_steps=1000, max_to_keep=3, async_save=True))
+    c.ckpt.keep_steps = ()            # steps also saved and kept beyond max_to_keep (a study's branch points)
     c.ckpt.resume_from = ""           # another run's dir or DIR/checkpoints/<step>: full state, if WORKDIR has none
     c.init_from = ""                  # a run's dir or DIR/checkpoints/<step>: weights only, if nothing to resume
     c.init_from_subtree = "encoder"   # which params init_from loads ("" = all, "encoder", "decoder", ...)
@@ -152,6 +153,15 @@ def recon_loss_config() -> ml_collections.ConfigDict:
     return e
 
 
+def objective_loss_config() -> ml_collections.ConfigDict:
+    """The run's own objective loss on the val split, its samples (masks) fixed by `sample_seed` (any objective)."""
+    e = eval_schedule("objective_loss")
+    e.batch_size = 256
+    e.max_examples = 0                # 0 = the whole val split (full batches only)
+    e.sample_seed = 0
+    return e
+
+
 def finetune_config(variant: str = "B/16") -> ml_collections.ConfigDict:
     """End-to-end fine-tuning, MAE recipe (He et al. 2022, Table 9) for the size of `variant`."""
     large = variant not in ("Ti/16", "S/16", "B/16")
@@ -185,6 +195,7 @@ def default_evals() -> ml_collections.ConfigDict:
     evals.knn = knn_config()
     evals.fewshot = fewshot_config()
     evals.val_loss = recon_loss_config()
+    evals.objective_loss = objective_loss_config()
     return evals
 
 

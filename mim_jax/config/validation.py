@@ -17,7 +17,7 @@ from mim_jax.train.optim import SCHEDULES
 DTYPES = ("float32", "bfloat16")
 DATA_SOURCES = ("arrayrecord", "synthetic")
 POOLS = ("cls", "mean")
-EVAL_TYPES = ("linear_probe", "knn", "fewshot", "recon_loss", "finetune")
+EVAL_TYPES = ("linear_probe", "knn", "fewshot", "recon_loss", "finetune", "objective_loss")
 
 
 def require(ok: bool, field: str, value, fix: str) -> None:
@@ -148,7 +148,7 @@ def validate_eval(e: ml_collections.ConfigDict, prefix: str) -> None:
                  tuple(e.shots), "use positive shot counts, e.g. (1, 5, 10, 25)")
         require(len(e.seeds) > 0, f"{prefix}.seeds", tuple(e.seeds), "use at least one seed, e.g. (0, 1, 2)")
         _check_positive(e, prefix, ("l2_reg",), integer=False)
-    elif e.type == "recon_loss":
+    elif e.type in ("recon_loss", "objective_loss"):
         _check_positive(e, prefix, ("batch_size",), integer=True)
         require(isinstance(e.max_examples, int) and e.max_examples >= 0, f"{prefix}.max_examples", e.max_examples,
                  "use 0 (all) or a positive count")
@@ -212,6 +212,9 @@ def validate_fault_tolerance(config: ml_collections.ConfigDict) -> None:
     require(config.optim.nonfinite in NONFINITE_POLICIES, "optim.nonfinite", config.optim.nonfinite,
              f"use one of {NONFINITE_POLICIES}")
     positive_int(config, "optim.max_consecutive_skips")
+    keep = tuple(config.ckpt.get("keep_steps", ()))
+    require(all(isinstance(s, int) and 0 < s <= config.total_steps for s in keep), "ckpt.keep_steps", keep,
+            f"use steps in [1, total_steps={config.total_steps}], e.g. (875, 1750)")
     require(not config.ckpt.resume_from or run_dirs.is_dir(run_dirs.resolve(config.ckpt.resume_from)),
              "ckpt.resume_from", config.ckpt.resume_from,
              "is not a directory; pass a pretraining workdir or WORKDIR/checkpoints/<step>, or leave it empty")

@@ -18,9 +18,10 @@ from mim_jax.evaluate.evaluators import EvalContext, describe, run_evaluator
 from mim_jax.evaluate.results import write_eval
 from mim_jax.evaluate.weights_file import load_weights_file
 from mim_jax.objectives import registry
+from mim_jax.objectives.base import supports
 from mim_jax.parallel import distributed
 from mim_jax.parallel.sharding import logical_rules, make_mesh
-from mim_jax.train.runs import load_run
+from mim_jax.train.runs import load_run, read_run_params
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -33,6 +34,7 @@ def evaluate(config, workdir: str) -> dict:
     mesh = make_mesh(config.mesh)
     rules = logical_rules(config.mesh)
     norm_pix_loss = True  # only recon_loss reads it, and it refuses weights files
+    run_cfg, frozen, frozen_params = None, None, ()
     if run_dirs.is_local_file(config.init_from):
         model, params, step = load_file(config, mesh, rules)
         data_cfg = config.data
@@ -41,8 +43,11 @@ def evaluate(config, workdir: str) -> dict:
         data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
         norm_pix_loss = run_cfg.mae.norm_pix_loss
         check_applies(config.eval.type, run_cfg.get("objective", "mae"))
+        if config.eval.type == "objective_loss":
+            frozen, frozen_params = frozen_inputs(run_cfg, mesh, rules)
     ctx = EvalContext(model, params, resolve_dataset_dir(data_cfg), data_cfg.train_split, data_cfg.val_split, mesh,
-                      rules, config.seed, norm_pix_loss)
+                      rules, config.seed, norm_pix_loss, run_config=run_cfg, frozen=frozen,
+                      frozen_params=frozen_params)
     result = run_evaluator(ctx, config.eval)
     result.update(step=step, init_from=config.init_from)
     path = write_eval(workdir, config.name, result)
@@ -51,10 +56,19 @@ def evaluate(config, workdir: str) -> dict:
     return result
 
 
+def frozen_inputs(run_cfg, mesh, rules) -> tuple:
+    """(Frozen, (params,)) of the run's objective (a teacher), or (None, ()) when it has none."""
+    objective = registry.get(run_cfg.objective)
+    frozen = objective.frozen(run_cfg, mesh, rules) if objective.frozen else None
+    if frozen is None:
+        return None, ()
+    return frozen, (frozen.load(run_cfg, mesh, rules, read_run_params),)
+
+
 def check_applies(eval_type: str, objective_name: str) -> None:
     """A ConfigError when the evaluator means nothing for the run's objective (e.g. recon_loss of SimMIM)."""
     objective = registry.get(objective_name)
-    if eval_type not in objective.evaluators:
+    if not supports(objective, eval_type):
         raise ConfigError(f"eval.type={eval_type!r} does not apply to a run of objective={objective_name!r} (it "
                           f"supports {sorted(objective.evaluators)})")
 

@@ -18,6 +18,7 @@ from mim_jax.evaluate.features import extract_features
 from mim_jax.evaluate.fewshot import fewshot_accuracy
 from mim_jax.evaluate.knn import knn_accuracy
 from mim_jax.evaluate.linear_probe import train_linear_probe
+from mim_jax.evaluate.objective_loss import run_objective_loss
 from mim_jax.evaluate.reconstruction import validation_loss
 from mim_jax.evaluate.whitening import whiten
 from mim_jax.models.mae import MAE
@@ -35,6 +36,9 @@ class EvalContext:
     rules: tuple
     seed: int
     norm_pix_loss: bool = True
+    run_config: Any = None            # the pretraining run's config (objective_loss needs its objective)
+    frozen: Any = None                # the objective's Frozen inputs (a teacher), if any
+    frozen_params: tuple = ()         # ... and their params, as the train step gets them
     _features: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -136,6 +140,7 @@ EVALUATORS: dict[str, Callable[[EvalContext, Any], dict]] = {
     "fewshot": run_fewshot,
     "recon_loss": run_recon_loss,
     "finetune": run_finetune,
+    "objective_loss": run_objective_loss,
 }
 
 
@@ -152,7 +157,7 @@ def run_evaluator(ctx: EvalContext, e) -> dict:
 
 def headline(eval_type: str, result: dict) -> dict:
     """The scalars worth logging per evaluation (metrics.jsonl / TensorBoard)."""
-    if eval_type == "recon_loss":
+    if eval_type in ("recon_loss", "objective_loss"):
         return {"loss": result["loss"]}
     if eval_type == "fewshot":
         return {k: v for k, v in result.items() if k.endswith("shot_top1")}

@@ -18,7 +18,7 @@ RANDOM_INIT_SUFFIX = "_random_init"
 def logged_scalars(name: str, eval_type: str, result: dict) -> dict:
     """metrics.jsonl keys of one evaluation: '<name>' for a reconstruction loss, else '<name>/<metric>'."""
     values = headline(eval_type, result)
-    if eval_type == "recon_loss":
+    if eval_type in ("recon_loss", "objective_loss"):
         return {name: values["loss"]}
     return {f"{name}/{k}": v for k, v in values.items()}
 
@@ -26,15 +26,18 @@ def logged_scalars(name: str, eval_type: str, result: dict) -> dict:
 class TrainingEvals:
     """Runs config.evals during and after pretraining (every process computes, process 0 writes)."""
 
-    def __init__(self, config, model, dataset_dir: str, workdir: str, mesh, rules, log: RunLog | None = None):
+    def __init__(self, config, model, dataset_dir: str, workdir: str, mesh, rules, log: RunLog | None = None,
+                 frozen=None, frozen_params: tuple = ()):
         self.config, self.model, self.dataset_dir, self.workdir = config, model, dataset_dir, workdir
         self.mesh, self.rules, self.log = mesh, rules, log
+        self.frozen, self.frozen_params = frozen, frozen_params
 
     def context(self, params) -> EvalContext:
         """A fresh evaluation context (feature cache) for one set of parameters."""
         c = self.config
         return EvalContext(self.model, params, self.dataset_dir, c.data.train_split, c.data.val_split, self.mesh,
-                           self.rules, c.seed, c.mae.norm_pix_loss)
+                           self.rules, c.seed, c.mae.norm_pix_loss, run_config=c, frozen=self.frozen,
+                           frozen_params=self.frozen_params)
 
     def due(self, step: int) -> list[str]:
         """Names of the evaluators whose period divides `step`."""

@@ -27,6 +27,9 @@ import flax.linen as nn
 
 # Evaluators on the frozen encoder, which every objective with an 'encoder' supports.
 ENCODER_EVALUATORS = frozenset({"linear_probe", "knn", "fewshot", "finetune"})
+# Evaluators that apply to every objective whatever its `evaluators` (they use only the objective's own fields).
+GENERIC_EVALUATORS = frozenset({"objective_loss"})
+
 
 
 @dataclasses.dataclass
@@ -63,3 +66,8 @@ class Objective:
     signature: Callable[[Any], dict] = lambda config: {}
     frozen: Optional[Callable[..., Optional[Frozen]]] = None
     description: str = ""
+
+
+def supports(objective: Objective, eval_type: str) -> bool:
+    """Whether `eval_type` means something for `objective` (its own evaluators, or a generic one)."""
+    return eval_type in objective.evaluators or eval_type in GENERIC_EVALUATORS

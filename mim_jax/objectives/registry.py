@@ -6,7 +6,7 @@ import ml_collections
 from mim_jax.config import validation
 from mim_jax.errors import ConfigError
 from mim_jax.objectives import mae, mae_teacher, simmim
-from mim_jax.objectives.base import Objective
+from mim_jax.objectives.base import GENERIC_EVALUATORS, Objective, supports
 
 OBJECTIVES: dict[str, Objective] = {
     "mae": mae.OBJECTIVE,
@@ -65,7 +65,7 @@ def validate(config, check_data_path: bool = True) -> None:
     objective.validate(config, check_data_path)
     for name, e in config.evals.items():
         active = e.every_steps or e.at_end
-        validation.require(not active or e.type in objective.evaluators, f"evals.{name}.type", e.type,
+        validation.require(not active or supports(objective, e.type), f"evals.{name}.type", e.type,
                            f"does not apply to objective={objective.name!r} (it supports "
-                           f"{sorted(objective.evaluators)}); switch it off with --config.evals.{name}.every_steps=0 "
+                           f"{sorted(objective.evaluators | GENERIC_EVALUATORS)}); switch it off with --config.evals.{name}.every_steps=0 "
                            f"and at_end=false")

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import jax
@@ -28,13 +29,19 @@ DAMAGED_DIR = "checkpoints_damaged"
 
 
 def checkpoint_manager(workdir: str, max_to_keep: int, async_save: bool,
-                       cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+                       cleanup_tmp: bool = False, keep_steps: Sequence[int] = ()) -> ocp.CheckpointManager:
     """Manager over WORKDIR/checkpoints saving {state, meta} items.
 
     `cleanup_tmp` removes unfinished saves left by a killed run: only for the run that owns the workdir
-    (a reader, e.g. an evaluation, must not delete the save a live run is writing).
+    (a reader, e.g. an evaluation, must not delete the save a live run is writing). `keep_steps` are kept
+    besides the latest `max_to_keep` (a study's branch points: train/branch points of shorter runs).
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+    keep: dict = {"max_to_keep": max_to_keep}
+    if keep_steps:
+        policies = ocp.checkpoint_managers
+        keep = {"preservation_policy": policies.AnyPreservationPolicy([
+            policies.LatestN(max_to_keep), policies.CustomSteps(list(keep_steps))])}
+    options = ocp.CheckpointManagerOptions(**keep, enable_async_checkpointing=async_save,
                                            create=True, cleanup_tmp_directories=cleanup_tmp)
     return ocp.CheckpointManager(run_dirs.join(run_dirs.resolve(workdir), CHECKPOINT_DIR), options=options,
                                  item_names=("state", "meta"))

@@ -66,8 +66,9 @@ def train(config, workdir: str) -> dict:
     write_config(workdir, config)
     model, rules = program.model, program.rules
     batch_size, total = config.data.global_batch_size, config.total_steps
+    keep_steps = tuple(config.ckpt.get("keep_steps", ()))
     manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
-                                             cleanup_tmp=True)
+                                             cleanup_tmp=True, keep_steps=keep_steps)
     start_step, state = resume.start_state(config, program, manager)
     frozen_args = frozen_params(config, program)
     train_step = program.step
@@ -80,7 +81,7 @@ def train(config, workdir: str) -> dict:
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
                  peak_flops=total_peak_flops(mesh))
     meta = {"signature": model_signature(config)}
-    evals = TrainingEvals(config, model, dataset_dir, workdir, mesh, rules, log)
+    evals = TrainingEvals(config, model, dataset_dir, workdir, mesh, rules, log, program.frozen, frozen_args)
     on_cpu = jax.devices()[0].platform == "cpu"
     nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
     row = {}
@@ -95,9 +96,10 @@ def train(config, workdir: str) -> dict:
                 elif on_cpu and step % CPU_SYNC_EVERY == 0:
                     nonfinite.check()  # fetches the pending metrics: a sync point
                 preempted = preemption.reached_preemption(step)  # every step, on every process
-                if step % config.ckpt.every_steps == 0 or step == total or preempted:
+                forced = step == total or preempted or step in keep_steps
+                if step % config.ckpt.every_steps == 0 or forced:
                     nonfinite.check()  # never save a state that a non-finite step produced
-                    checkpoints.save(manager, step, state, {**meta, "step": step}, force=step == total or preempted)
+                    checkpoints.save(manager, step, state, {**meta, "step": step}, force=forced)
                 if preempted:
                     raise preemption.Preempted(step)
                 evals.periodic(step, state.params)

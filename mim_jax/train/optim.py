@@ -23,6 +23,11 @@ def peak_learning_rate(optim_cfg, global_batch_size: int) -> float:
 SCHEDULES = ("cosine", "step")
 
 
+def step_decay_step(optim_cfg, total_steps: int) -> int:
+    """schedule=step: the first step at the decayed lr, round(step_decay_at * total_steps) (not before warmup ends)."""
+    return max(round(optim_cfg.step_decay_at * total_steps), min(optim_cfg.warmup_steps, total_steps))
+
+
 def learning_rate_schedule(optim_cfg, global_batch_size: int, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to the peak over `optim.warmup_steps`, then by `optim.schedule`:
 
@@ -32,7 +37,7 @@ def learning_rate_schedule(optim_cfg, global_batch_size: int, total_steps: int) 
     peak = peak_learning_rate(optim_cfg, global_batch_size)
     warmup = min(optim_cfg.warmup_steps, total_steps)
     if optim_cfg.get("schedule", "cosine") == "step":
-        decay_step = max(round(optim_cfg.step_decay_at * total_steps), warmup)
+        decay_step = step_decay_step(optim_cfg, total_steps)
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup),
              optax.piecewise_constant_schedule(peak, {decay_step - warmup: optim_cfg.step_decay_factor})],
