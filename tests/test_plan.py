@@ -109,3 +109,17 @@ def test_compiler_out_of_memory_message_is_parsed():
                "(133.21G) exceeds available HBM (95.74G).")
     assert plan.out_of_memory_bytes(message) == int(133.21 * 2 ** 30)
     assert plan.out_of_memory_bytes("INTERNAL: something else") is None
+
+
+@pytest.mark.slow
+@pytest.mark.tpu_compile
+def test_xla_flops_of_a_teacher_objective_are_counted():
+    """The frozen teacher's TPU-sharded abstract params must not move the CPU-side FLOP count to the TPU backend."""
+    from mim_jax.config.recipes import load_module
+    from mim_jax.parallel.sharding import make_mesh
+    config = load_module(os.path.join(REPO, "configs", "pretrain.py")).get_config("model=B/16,target=clip")
+    config.data.global_batch_size = 8
+    mesh = make_mesh(config.mesh, plan.topology_devices(plan.parse_topology(config.plan.topology)))
+    xla = plan.xla_train_flops(config, mesh)
+    # Student forward + backward x3 and the teacher's forward x1 (MaxText convention) against XLA's count.
+    assert abs(train_flops_per_step(config) / xla - 1) < 0.02

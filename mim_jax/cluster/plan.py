@@ -176,7 +176,10 @@ def xla_train_flops(config, mesh) -> float:
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     sampled = jax.eval_shape(lambda k: objective.sample(model, cfg, k, batch), key)
     loss_fn = objective.make_loss(model, cfg, frozen)
-    frozen_args = () if frozen is None else (nn.unbox(frozen.abstract_params),)
+    # Shapes only: a frozen input sharded over the TPU topology would send this CPU-side lowering to the TPU
+    # backend, whose lowered programs have no cost analysis.
+    frozen_args = () if frozen is None else (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                          nn.unbox(frozen.abstract_params)),)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     lowered = jax.jit(grad_fn).lower(params, {**images, **sampled}, key, *frozen_args)
     cost = lowered.cost_analysis()
