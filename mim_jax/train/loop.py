@@ -68,7 +68,7 @@ def train(config, workdir: str) -> dict:
     batch_size, total = config.data.global_batch_size, config.total_steps
     manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
                                              cleanup_tmp=True)
-    start_step, state = resume.start_state(config, program, manager)
+    start_step, state = resume.start_state(config, program, manager, workdir)
     frozen_args = frozen_params(config, program)
     train_step = program.step
     batches = pipeline.train_batches(
