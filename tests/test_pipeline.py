@@ -218,3 +218,96 @@ def test_subset_batches_do_not_depend_on_processes_or_workers(ingested):
     # Balanced halves of the 10 classes of 5: 3 images each (round(2.5) = 3), so labels 0-9 in 30 records.
     labels = np.concatenate([b["label"] for b in _train(ingested, 5, global_batch_size=6, subset=spec)])
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), [3] * 10)
+
+
+# ----------------------------------------------------------------------------- label sets
+
+
+@pytest.fixture(scope="module")
+def multi_label_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline_ml") / "shapes_ml"
+    synthetic.generate(str(out), num_train=NUM_TRAIN, num_val=NUM_VAL, image_size=SIZE, seed=0, num_shards=3,
+                       multi_label=True, num_workers=1)
+    return str(out)
+
+
+def _reference_padded(sets, max_labels):
+    """numpy reference: each set's first max_labels ids in record order, then -1."""
+    out = -np.ones((len(sets), max_labels), np.int64)
+    for row, labels in enumerate(sets):
+        kept = labels[:max_labels]
+        out[row, :len(kept)] = kept
+    return out
+
+
+def test_padded_label_sets_equal_a_numpy_reference(multi_label_dataset):
+    # Crop the whole image so each output identifies its record (as in the epoch test above).
+    index = _record_index(multi_label_dataset)
+    source = records.open_split(multi_label_dataset, "train")
+    sets = [records.decode_record(source[i])["labels"] for i in range(len(source))]
+    assert max(map(len, sets)) > 2  # Some sets are cut at max_labels=2.
+    for max_labels in (2, 5):
+        batches = _train(multi_label_dataset, 6, image_size=SIZE, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                         max_labels=max_labels)
+        for batch in batches:
+            assert batch["labels"].shape == (10, max_labels) and batch["labels"].dtype == np.int32
+            rows = [index[np.ascontiguousarray(image).tobytes()][0] for image in batch["image"]]
+            np.testing.assert_array_equal(batch["labels"], _reference_padded([sets[r] for r in rows], max_labels))
+            np.testing.assert_array_equal(batch["label"], [(sets[r] or [-1])[0] for r in rows])
+    # The label sets do not change the images: the same (seed, step) gives the same pixels.
+    plain = _train(multi_label_dataset, 2)
+    with_sets = _train(multi_label_dataset, 2, max_labels=3)
+    for a, b in zip(plain, with_sets):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert "labels" not in a
+
+
+def test_padded_label_sets_resume_and_split_over_processes(multi_label_dataset):
+    single = _train(multi_label_dataset, 3, global_batch_size=12, max_labels=4)
+    parts = [_train(multi_label_dataset, 3, global_batch_size=12, process_index=p, process_count=2, max_labels=4)
+             for p in range(2)]
+    merged = [{k: np.concatenate([part[s][k] for part in parts]) for k in single[0]} for s in range(3)]
+    _assert_same(merged, single)
+    _assert_same(_train(multi_label_dataset, 1, global_batch_size=12, start_step=2, max_labels=4), single[2:])
+
+
+def test_eval_batches_carry_padded_label_sets(multi_label_dataset, dataset):
+    # The val split is single-label: one-element sets; padding examples are all -1.
+    batches = _eval(multi_label_dataset, batch_size=8, max_labels=3)
+    labels = np.concatenate([b["labels"] for b in batches])
+    _, expected = _expected_eval(multi_label_dataset, NUM_VAL, 24)
+    np.testing.assert_array_equal(labels[:NUM_VAL], _reference_padded([[int(y)] for y in expected], 3))
+    np.testing.assert_array_equal(labels[NUM_VAL:], -np.ones((1, 3)))
+    train_sets = _take(pipeline.eval_batches(multi_label_dataset, "train", batch_size=10, image_size=24,
+                                             max_labels=4), 100)
+    source = records.open_split(multi_label_dataset, "train")
+    sets = [records.decode_record(source[i])["labels"] for i in range(NUM_TRAIN)]
+    np.testing.assert_array_equal(np.concatenate([b["labels"] for b in train_sets]), _reference_padded(sets, 4))
+
+
+def test_single_label_datasets_give_one_element_sets(dataset):
+    (batch,) = _train(dataset, 1, max_labels=3)
+    np.testing.assert_array_equal(batch["labels"][:, 0], batch["label"])
+    assert (batch["labels"][:, 1:] == -1).all()
+
+
+def test_max_labels_errors_and_batch_shapes(dataset):
+    with pytest.raises(ValueError, match=r"data.max_labels=-1 must be an integer >= 0"):
+        pipeline.train_batches(dataset, "train", global_batch_size=10, image_size=24, seed=0, max_labels=-1)
+    assert pipeline.batch_shapes(8, 24, max_labels=5) == {
+        "image": ((8, 24, 24, 3), np.uint8), "label": ((8,), np.int32), "labels": ((8, 5), np.int32)}
+    (batch,) = _train(dataset, 1, max_labels=5)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == pipeline.batch_shapes(10, 24, max_labels=5)
+
+
+def test_truncation_is_counted(multi_label_dataset, caplog):
+    from mim_jax.data import sources
+
+    source = records.open_split(multi_label_dataset, "train")
+    lengths = [len(records.decode_record(source[i])["labels"]) for i in range(NUM_TRAIN)]
+    assert sources.num_truncated(multi_label_dataset, "train", 2) == sum(n > 2 for n in lengths) > 0
+    assert sources.num_truncated(multi_label_dataset, "train", 10) == 0
+    with caplog.at_level("WARNING"):
+        _train(multi_label_dataset, 1, max_labels=2)
+    cut = sum(n > 2 for n in lengths)
+    assert f"{cut} of {NUM_TRAIN} records of split 'train' have more than data.max_labels=2 labels" in caplog.text

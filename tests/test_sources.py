@@ -121,3 +121,44 @@ def test_tfds_ingest_errors_name_the_dataset(tfds_dataset, tmp_path):
     with pytest.raises(records.DatasetError, match=r"tfds:mim_jax_test_images split 'val' cannot be opened"):
         ingest.ingest("tfds:mim_jax_test_images", str(tmp_path / "out"), "val", tfds_data_dir=data_dir,
                       num_workers=1, progress=False)
+
+
+# ----------------------------------------------------------------------------- label_info
+
+
+def test_label_info_of_a_multi_label_dataset(tmp_path):
+    from mim_jax.data import synthetic
+
+    out = str(tmp_path / "ml")
+    synthetic.generate(out, num_train=40, num_val=10, image_size=32, multi_label=True, num_workers=1)
+    info = sources.label_info(out)
+    source = records.open_split(out, "train")
+    sets = [records.decode_record(source[i])["labels"] for i in range(40)]
+    # Reference: counted from the decoded records.
+    assert info["class_frequencies"] == [sum(c in s for s in sets) for c in range(10)]
+    assert (info["num_classes"], info["multi_label"], info["num_examples"]) == (10, True, 40)
+    assert info["num_labeled"] == sum(bool(s) for s in sets) and info["max_set_size"] == max(map(len, sets))
+    assert info["classes"] == list(synthetic.CLASSES)
+    val = sources.label_info(out, "val")
+    assert val["multi_label"] is False and val["class_frequencies"] == [1] * 10 and val["max_set_size"] == 1
+
+
+def test_label_info_of_tfds_and_v1_datasets(tfds_dataset, ingested_tfds):
+    _, version_dir = tfds_dataset
+    for path in (version_dir, ingested_tfds):
+        info = sources.label_info(path)
+        assert info["classes"] == ["ant", "bee", "cow"] and info["multi_label"] is False
+        assert info["class_frequencies"] == [4, 4, 4] and info["max_set_size"] == 1  # label = i % 3 of 12.
+
+
+def test_label_info_without_labels_is_a_dataset_error(tmp_path):
+    splits = {"train": records.write_split(tmp_path, "train", [(b"x", 0, "a"), (b"y", 0, "b")], 1)}
+    records.write_metadata(tmp_path, ["unlabeled"], splits, {})
+    with pytest.raises(records.DatasetError, match=r"Split 'train' of .* has no labels .*a supervised objective "
+                                                   r"needs a labeled dataset"):
+        sources.label_info(str(tmp_path))
+    empty = tmp_path / "empty_sets"
+    splits = {"train": records.write_split(empty, "train", [(b"x", [], "a")], 1, num_classes=2)}
+    records.write_metadata(empty, ["p", "q"], splits, {})
+    with pytest.raises(records.DatasetError, match=r"has no labels \(classes \['p', 'q'\], 0 labeled records\)"):
+        sources.label_info(str(empty))

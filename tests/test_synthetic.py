@@ -41,7 +41,7 @@ def test_image_depends_only_on_seed_split_index(small_dataset):
     by_key = {r["key"]: r for r in map(records.decode_record, _all_records(small_dataset, "val"))}
     image, label, key = synthetic.make_example(0, "val", 13, SMALL["image_size"])
     assert key == "shapes/val/000013"
-    assert by_key[key] == {"image": image, "label": label, "key": key}
+    assert by_key[key] == {"image": image, "label": label, "key": key, "labels": [label]}
 
 
 @pytest.mark.slow
@@ -155,3 +155,89 @@ def test_cli(tmp_path, capsys):
     assert metadata["provenance"]["seed"] == 5
     assert {s: e["num_examples"] for s, e in metadata["splits"].items()} == {"train": 20, "val": 10}
     assert "Wrote" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- multi-label variant
+
+ML = dict(num_train=300, num_val=20, image_size=40)
+
+
+@pytest.fixture(scope="module")
+def multi_label_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes_ml") / "ds"
+    synthetic.generate(str(out), seed=0, num_shards=2, multi_label=True, num_workers=1, **ML)
+    return str(out)
+
+
+def _reference_families(seed, index):
+    """The shape families drawn for multi-label train image `index`, replaying the generator's first draws."""
+    rng = np.random.default_rng([seed, 0, index, synthetic._MULTI_LABEL_STREAM])
+    count = int(rng.integers(1, synthetic.MAX_SHAPES + 1))
+    families = [int(f) for f in rng.choice(10, size=count, replace=False)]
+    return families
+
+
+def test_multi_label_records_metadata_and_val_split(multi_label_dataset):
+    metadata = records.read_metadata(multi_label_dataset)
+    assert metadata["multi_label"] is True and metadata["splits"]["train"]["multi_label"] is True
+    assert metadata["splits"]["val"]["multi_label"] is False
+    assert metadata["provenance"]["tag_drop_rate"] == synthetic.TAG_DROP_RATE
+    train = [records.decode_record(r) for r in _all_records(multi_label_dataset, "train")]
+    # class_frequencies = the count of each class over the stored label sets.
+    counts = collections.Counter(c for r in train for c in r["labels"])
+    assert metadata["splits"]["train"]["class_frequencies"] == [counts[c] for c in range(10)]
+    for r in train:
+        assert len(set(r["labels"])) == len(r["labels"]) <= synthetic.MAX_SHAPES + 1
+        assert r["label"] == (r["labels"][0] if r["labels"] else -1)
+    # The val split is the standard dataset's val split, byte for byte (same seed and size).
+    val = [records.decode_record(r) for r in _all_records(multi_label_dataset, "val")]
+    for r in val:
+        index = int(r["key"].rsplit("/", 1)[1])
+        image, label, key = synthetic.make_example(0, "val", index, ML["image_size"])
+        assert (r["image"], r["label"], r["labels"], r["key"]) == (image, label, [label], key)
+
+
+def test_multi_label_tag_noise_rates(multi_label_dataset):
+    train = {r["key"]: r for r in map(records.decode_record, _all_records(multi_label_dataset, "train"))}
+    dropped = added = present = 0
+    for key, r in train.items():
+        families = _reference_families(0, int(key.rsplit("/", 1)[1]))
+        assert 1 <= len(families) <= synthetic.MAX_SHAPES
+        kept = [f for f in r["labels"] if f in families]
+        wrong = [f for f in r["labels"] if f not in families]
+        assert len(wrong) <= 1
+        present += len(families)
+        dropped += len(families) - len(kept)
+        added += len(wrong)
+    n = len(train)
+    # Binomial rates within 4 standard errors of the stated ones (~600 true tags, 300 images).
+    p, q = synthetic.TAG_DROP_RATE, synthetic.TAG_ADD_RATE
+    assert abs(dropped / present - p) < 4 * np.sqrt(p * (1 - p) / present)
+    assert abs(added / n - q) < 4 * np.sqrt(q * (1 - q) / n)
+    assert abs(present / n - 2.0) < 4 * np.sqrt(2 / 3 / n)  # 1..3 shapes, uniform: mean 2, variance 2/3.
+
+
+def test_noisy_tags_rules():
+    rng = np.random.default_rng(0)
+    assert synthetic.noisy_tags([3, 5], rng, drop_rate=0.0, add_rate=0.0) in ([3, 5], [5, 3])
+    assert synthetic.noisy_tags([3, 5], rng, drop_rate=1.0, add_rate=0.0) == []
+    tags = synthetic.noisy_tags([3, 5], rng, drop_rate=0.0, add_rate=1.0)
+    assert {3, 5} < set(tags) and len(tags) == 3 and 0 <= (set(tags) - {3, 5}).pop() < 10
+
+
+def test_multi_label_example_is_deterministic_and_cached_apart(tmp_path):
+    a = synthetic.make_multi_label_example(0, "train", 7, 40)
+    assert a == synthetic.make_multi_label_example(0, "train", 7, 40)
+    assert a[2] == "shapes_ml/train/000007" and a != synthetic.make_multi_label_example(1, "train", 7, 40)
+    single = synthetic.cache_path(str(tmp_path), seed=0, **SMALL)
+    multi = synthetic.cache_path(str(tmp_path), seed=0, multi_label=True, **SMALL)
+    assert os.path.basename(multi).startswith("shapes_ml-") and single != multi
+    path = synthetic.ensure_dataset(str(tmp_path), seed=0, multi_label=True, num_workers=1, **SMALL)
+    assert path == multi and records.read_metadata(path)["multi_label"] is True
+
+
+def test_cli_multi_label(tmp_path):
+    out = tmp_path / "cli_ml"
+    synthetic.main([f"--out={out}", "--num_train=12", "--num_val=10", "--image_size=32", "--multi_label"])
+    metadata = records.read_metadata(out)
+    assert metadata["provenance"]["multi_label"] is True and metadata["splits"]["train"]["multi_label"] is True

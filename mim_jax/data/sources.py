@@ -27,7 +27,7 @@ def resolve_dataset_dir(data_cfg) -> str:
     if data_cfg.source == "synthetic":
         s = data_cfg.synthetic
         return synthetic.ensure_dataset(num_train=s.num_train, num_val=s.num_val, image_size=s.image_size,
-                                        seed=s.seed)
+                                        seed=s.seed, multi_label=bool(s.get("multi_label", False)))
     path = os.path.abspath(os.path.expanduser(data_cfg.path))
     if not os.path.isdir(path):
         raise records.DatasetError(f"data.path={data_cfg.path!r} does not exist or is not a directory; point it at "
@@ -115,6 +115,48 @@ def split_index(dataset_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     key_hashes = np.array([records.key_hash(tfds_key(split, i)) for i in range(len(source))], np.uint64)
     labels = np.array([int(source[i].get("label", 0)) for i in range(len(source))], np.int32)
     return key_hashes, labels
+
+
+def split_label_sets(dataset_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64 [N+1], values int32) of the label sets of `split` (TFDS labels: one-element sets)."""
+    if not is_tfds_dir(dataset_dir):
+        return records.read_label_sets(dataset_dir, split)
+    if tfds_class_names(dataset_dir) == ["unlabeled"]:
+        return np.zeros(num_examples(dataset_dir, split) + 1, np.int64), np.zeros(0, np.int32)
+    return records.single_label_sets(split_index(dataset_dir, split)[1])
+
+
+def label_info(dataset_dir: str, split: str = "train") -> dict[str, Any]:
+    """What a supervised objective needs to know about the labels of `split`.
+
+    Returns {num_classes, classes, multi_label, class_frequencies (records per class in `split`), num_examples,
+    num_labeled (records with a non-empty set), max_set_size}. Raises DatasetError for a dataset without labels
+    (class list ['unlabeled'] or no record with a label).
+    """
+    classes = class_names(dataset_dir)
+    offsets, values = split_label_sets(dataset_dir, split)
+    lengths = np.diff(offsets)
+    metadata = {} if is_tfds_dir(dataset_dir) else records.read_metadata(dataset_dir)
+    entry = metadata.get("splits", {}).get(split, {})
+    if "class_frequencies" in entry:
+        frequencies = list(entry["class_frequencies"])
+    else:
+        frequencies = np.bincount(values, minlength=len(classes)).tolist()
+    if classes == ["unlabeled"] or not values.size:
+        raise records.DatasetError(
+            f"Split {split!r} of {dataset_dir!r} has no labels (classes {classes[:3]}, {int((lengths > 0).sum())} "
+            f"labeled records); a supervised objective needs a labeled dataset: ingest one with --label_key, "
+            f"--tags_key + --label_vocab, or class folders (docs/data.md).")
+    return {"num_classes": len(classes), "classes": classes,
+            "multi_label": bool(entry.get("multi_label", metadata.get("multi_label", False))),
+            "class_frequencies": frequencies, "num_examples": len(lengths),
+            "num_labeled": int((lengths > 0).sum()), "max_set_size": int(lengths.max(initial=0))}
+
+
+def num_truncated(dataset_dir: str, split: str, max_labels: int) -> int:
+    """How many records of `split` have more than `max_labels` labels (the pipeline keeps their first max_labels)."""
+    offsets, _ = split_label_sets(dataset_dir, split)
+    return int((np.diff(offsets) > max_labels).sum())
 
 
 class IndexedSource:

@@ -5,7 +5,15 @@ background (a colour gradient blended with low-frequency colour noise), with a f
 marks (lines, dots, short squiggles) that belong to no class. Drawn at 2x and box-downsampled for
 antialiasing, stored as JPEG. Image i of split s depends only on (seed, s, i).
 
-CLI: ``python -m mim_jax.data.synthetic --out=DIR [--num_train=20000 --num_val=2500 --seed=0]``.
+Multi-label variant (``multi_label=True``, for weakly supervised pretraining): each train image shows
+1 to `MAX_SHAPES` shapes of distinct families, one per cell of a 2 x 2 grid (each drawn like a single
+shape scaled to its cell), and its label set is the families present with tag noise, like web hashtags:
+each true tag is dropped with probability `TAG_DROP_RATE` (an image may end up unlabeled), and with
+probability `TAG_ADD_RATE` one wrong family is added; the set is stored in random order. Its val split
+is single-label and byte for byte the standard dataset's val split of the same seed and size, so the
+probe, kNN and few-shot evaluate on it as on the standard dataset.
+
+CLI: ``python -m mim_jax.data.synthetic --out=DIR [--num_train=20000 --num_val=2500 --seed=0] [--multi_label]``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ CLASSES = (
 )
 SPLIT_IDS = {"train": 0, "val": 1}
 JPEG_QUALITY = 90
+MAX_SHAPES = 3          # multi-label train images show 1..MAX_SHAPES shapes (uniform), of distinct families
+TAG_DROP_RATE = 0.1     # each true tag is dropped with this probability
+TAG_ADD_RATE = 0.1      # with this probability one wrong family is added to the tags
+_MULTI_LABEL_STREAM = 7  # keys the random stream of multi-label images apart from single-label ones
 # Shapes keep a canonical orientation up to this tilt (radians), so that shape families differ in their
 # edges' directions as well as in their outlines.
 MAX_TILT = math.radians(15)
@@ -190,6 +202,44 @@ def draw_image(label: int, image_size: int, rng: np.random.Generator) -> Image.I
     return image.reduce(2)
 
 
+def draw_multi_shape_image(labels: list[int], image_size: int, rng: np.random.Generator) -> Image.Image:
+    """Draws one RGB image with a shape of each family in `labels`, each in its own cell of a 2 x 2 grid."""
+    size = 2 * image_size
+    background = _background(size, rng)
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.integers(0, 3)):
+        _draw_clutter(draw, size, rng)
+    cell = size // 2
+    for label, slot in zip(labels, rng.permutation(4)[:len(labels)]):
+        x, y = (slot % 2) * cell, (slot // 2) * cell
+        mask = _shape_mask(label, cell, rng)
+        under = background[y:y + cell, x:x + cell][np.asarray(mask) > 0]
+        image.paste(_contrasting_colour(under.mean(axis=0), rng), (x, y, x + cell, y + cell), mask=mask)
+    for _ in range(rng.integers(0, 2)):
+        _draw_clutter(draw, size, rng)
+    return image.reduce(2)
+
+
+def noisy_tags(families: list[int], rng: np.random.Generator, drop_rate: float = TAG_DROP_RATE,
+               add_rate: float = TAG_ADD_RATE) -> list[int]:
+    """The families present, each dropped with `drop_rate`, plus one absent family with `add_rate`, shuffled."""
+    tags = [f for f in families if rng.random() >= drop_rate]
+    if rng.random() < add_rate:
+        absent = [c for c in range(len(CLASSES)) if c not in families]
+        tags.append(int(absent[rng.integers(len(absent))]))
+    return [int(tags[i]) for i in rng.permutation(len(tags))]
+
+
+def make_multi_label_example(seed: int, split: str, index: int, image_size: int) -> tuple[bytes, list[int], str]:
+    """Returns (jpeg_bytes, noisy tags, key) of multi-label image `index`; depends only on the arguments."""
+    rng = np.random.default_rng([seed, split_id(split), index, _MULTI_LABEL_STREAM])
+    count = int(rng.integers(1, MAX_SHAPES + 1))
+    families = [int(f) for f in rng.choice(len(CLASSES), size=count, replace=False)]
+    image = draw_multi_shape_image(families, image_size, rng)
+    return encode_jpeg(image), noisy_tags(families, rng), f"shapes_ml/{split}/{index:06d}"
+
+
 def encode_jpeg(image: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
     """Encodes an RGB image as JPEG bytes (4:4:4 chroma, so small shapes keep their colour)."""
     buffer = io.BytesIO()
@@ -205,9 +255,10 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> tuple[by
     return encode_jpeg(image), label, f"shapes/{split}/{index:06d}"
 
 
-def _make_example_star(args: tuple[int, str, int, int]) -> tuple[bytes, int, str]:
-    """`make_example` taking one tuple, for Pool.imap."""
-    return make_example(*args)
+def _make_example_star(args: tuple[int, str, int, int, bool]) -> tuple[bytes, int | list[int], str]:
+    """`make_example` (or `make_multi_label_example` when the last item is True) taking one tuple, for Pool.imap."""
+    *example_args, multi_label = args
+    return make_multi_label_example(*example_args) if multi_label else make_example(*example_args)
 
 
 def split_id(split: str) -> int:
@@ -221,18 +272,21 @@ def split_id(split: str) -> int:
 
 
 def _examples(
-    split: str, num: int, image_size: int, seed: int, pool: multiprocessing.pool.Pool | None
-) -> Iterator[tuple[bytes, int, str]]:
+    split: str, num: int, image_size: int, seed: int, pool: multiprocessing.pool.Pool | None,
+    multi_label: bool = False,
+) -> Iterator[tuple[bytes, int | list[int], str]]:
     """Yields the examples of a split in index order, drawn by `pool` when given."""
-    args = ((seed, split, i, image_size) for i in range(num))
+    args = ((seed, split, i, image_size, multi_label) for i in range(num))
     if pool is None:
         return map(_make_example_star, args)
     return pool.imap(_make_example_star, args, chunksize=64)
 
 
-def _params(num_train: int, num_val: int, image_size: int, seed: int) -> dict:
-    """The parameters that determine a generated dataset's contents."""
-    return {
+def _params(num_train: int, num_val: int, image_size: int, seed: int, multi_label: bool = False) -> dict:
+    """The parameters that determine a generated dataset's contents (the multi-label ones only when set)."""
+    multi = {"multi_label": True, "max_shapes": MAX_SHAPES, "tag_drop_rate": TAG_DROP_RATE,
+             "tag_add_rate": TAG_ADD_RATE} if multi_label else {}
+    return {**multi,
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
         "num_train": int(num_train),
@@ -250,10 +304,12 @@ def _write_dataset(out_dir: str, params: dict, num_shards: int, num_workers: int
     # spawn, not fork: the caller may have started JAX's threads.
     with (multiprocessing.get_context("spawn").Pool(num_workers) if use_pool
           else contextlib.nullcontext()) as pool:
+        multi_label = params.get("multi_label", False)
         splits = {
             split: records.write_split(
-                out_dir, split, _examples(split, n, params["image_size"], params["seed"], pool),
-                num_shards)
+                out_dir, split, _examples(split, n, params["image_size"], params["seed"], pool,
+                                          multi_label and split == "train"),
+                num_shards, num_classes=len(CLASSES))
             for split, n in sizes.items()
         }
     records.write_metadata(out_dir, list(CLASSES), splits, params)
@@ -267,10 +323,12 @@ def generate(
     seed: int = 0,
     num_shards: int = 4,
     num_workers: int | None = None,
+    multi_label: bool = False,
 ) -> dict:
     """Generates the shapes dataset into `out_dir` (atomically: written aside, then renamed).
 
-    Returns the dataset metadata. Fails if `out_dir` already exists.
+    `multi_label`: the multi-label variant (module docstring). Returns the dataset metadata. Fails if
+    `out_dir` already exists.
     """
     if min(num_train, num_val) <= 0 or image_size < 8:
         raise ValueError(
@@ -283,7 +341,8 @@ def generate(
     tmp_dir = f"{out_dir}.tmp-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp_dir)
     try:
-        _write_dataset(tmp_dir, _params(num_train, num_val, image_size, seed), num_shards, num_workers)
+        _write_dataset(tmp_dir, _params(num_train, num_val, image_size, seed, multi_label), num_shards,
+                       num_workers)
         os.rename(tmp_dir, out_dir)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -296,11 +355,11 @@ def default_cache_root() -> str:
 
 
 def cache_path(cache_dir: str | None = None, *, num_train: int = 20000, num_val: int = 2500,
-               image_size: int = 72, seed: int = 0) -> str:
-    """The directory `ensure_dataset` uses for these parameters: <cache>/shapes-<params hash>."""
-    params = _params(num_train, num_val, image_size, seed)
+               image_size: int = 72, seed: int = 0, multi_label: bool = False) -> str:
+    """The directory `ensure_dataset` uses: <cache>/shapes-<params hash> (shapes_ml-... when multi-label)."""
+    params = _params(num_train, num_val, image_size, seed, multi_label)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return os.path.join(cache_dir or default_cache_root(), f"shapes-{digest}")
+    return os.path.join(cache_dir or default_cache_root(), f"{'shapes_ml' if multi_label else 'shapes'}-{digest}")
 
 
 def _is_complete(path: str, params: dict) -> bool:
@@ -313,10 +372,11 @@ def _is_complete(path: str, params: dict) -> bool:
 
 def ensure_dataset(cache_dir: str | None = None, *, num_train: int = 20000, num_val: int = 2500,
                    image_size: int = 72, seed: int = 0, num_shards: int = 4,
-                   num_workers: int | None = None) -> str:
+                   num_workers: int | None = None, multi_label: bool = False) -> str:
     """Returns the path of the cached shapes dataset with these parameters, generating it if absent."""
-    path = cache_path(cache_dir, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    params = _params(num_train, num_val, image_size, seed)
+    path = cache_path(cache_dir, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                      multi_label=multi_label)
+    params = _params(num_train, num_val, image_size, seed, multi_label)
     if _is_complete(path, params):
         return path
     if os.path.exists(path):
@@ -326,7 +386,7 @@ def ensure_dataset(cache_dir: str | None = None, *, num_train: int = 20000, num_
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         generate(path, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                 num_shards=num_shards, num_workers=num_workers)
+                 num_shards=num_shards, num_workers=num_workers, multi_label=multi_label)
     except OSError:
         # Another process finished the same dataset first; its copy is as good as ours.
         if not _is_complete(path, params):
@@ -344,11 +404,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_shards", type=int, default=4)
     parser.add_argument("--num_workers", type=int, default=None)
+    parser.add_argument("--multi_label", action="store_true",
+                        help="several shapes per train image, noisy tags = the families present")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     metadata = generate(args.out, num_train=args.num_train, num_val=args.num_val,
                         image_size=args.image_size, seed=args.seed, num_shards=args.num_shards,
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, multi_label=args.multi_label)
     counts = {s: e["num_examples"] for s, e in metadata["splits"].items()}
     print(f"Wrote {counts} to {args.out} in {time.perf_counter() - start:.1f} s.")
 

@@ -76,7 +76,7 @@ def train(config, workdir: str) -> dict:
         seed=config.seed, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count(), crop_scale=tuple(config.data.crop_scale),
         crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers,
-        subset=subsets.SubsetSpec.from_config(config.data.subset))
+        subset=subsets.SubsetSpec.from_config(config.data.subset), max_labels=config.data.max_labels)
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
                  peak_flops=total_peak_flops(mesh))
     meta = {"signature": model_signature(config)}
