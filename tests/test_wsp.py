@@ -214,12 +214,22 @@ def test_bad_wsp_input_names_the_field(field, value, message, tmp_path):
 
 def test_a_dataset_without_labels_is_refused_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(wsp, "resolve_dataset_dir", lambda data: str(tmp_path))
-    monkeypatch.setattr(wsp, "class_names", lambda path: [])
-    with pytest.raises(ConfigError, match=rf"^data.path='{tmp_path}' has no labels"):
+
+    def no_labels(path, split):
+        raise wsp.DatasetError(f"Split {split!r} of {path!r} has no labels")
+    monkeypatch.setattr(wsp, "label_info", no_labels)
+    with pytest.raises(ConfigError, match=rf"^objective='wsp' needs labels: Split 'train' of '{tmp_path}' has no"):
         wsp.check_dataset_labels(wsp_config())
-    monkeypatch.setattr(wsp, "class_names", lambda path: [str(i) for i in range(12)])
-    with pytest.raises(ConfigError, match=r"wsp.num_classes=10 is smaller than the 12 classes"):
+    info = {"num_classes": 12, "multi_label": True, "max_set_size": 4}
+    monkeypatch.setattr(wsp, "label_info", lambda path, split: info)
+    with pytest.raises(ConfigError, match=r"^wsp.num_classes=10 is smaller than the 12 classes"):
         wsp.check_dataset_labels(wsp_config())
+    info["num_classes"] = 10
+    c = wsp_config()
+    c.data.max_labels = 0
+    with pytest.raises(ConfigError, match=r"^data.max_labels=0 but data.path=.* has label sets \(up to 4 labels\); "
+                                          r"set --config.data.max_labels=4$"):
+        wsp.check_dataset_labels(c)
 
 
 def read_losses(workdir):

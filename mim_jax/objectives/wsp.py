@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 
 from mim_jax.config.validation import require
-from mim_jax.data.sources import class_names, resolve_dataset_dir
+from mim_jax.data.records import DatasetError
+from mim_jax.data.sources import label_info, resolve_dataset_dir
 from mim_jax.data.transforms import normalize
 from mim_jax.errors import ConfigError
 from mim_jax.models import flops
@@ -120,15 +121,19 @@ def validate(config, check_paths: bool = True) -> None:
 
 
 def check_dataset_labels(config) -> None:
-    """A ConfigError naming the dataset (or wsp.num_classes) when it has no labels or more classes than the head."""
+    """One-line ConfigErrors naming the dataset or field: no labels, more classes than the head, label sets that
+    data.max_labels would drop."""
     dataset = resolve_dataset_dir(config.data)
-    count = len(class_names(dataset))
-    if count == 0:
-        raise ConfigError(f"data.path={dataset!r} has no labels (0 classes in its metadata); WSP needs labelled "
-                          f"(or tagged) images: ingest with labels, e.g. --label_vocab=FILE")
-    if count > config.wsp.num_classes:
-        raise ConfigError(f"wsp.num_classes={config.wsp.num_classes} is smaller than the {count} classes of "
-                          f"data.path={dataset!r}; set --config.wsp.num_classes={count}")
+    try:
+        info = label_info(dataset, config.data.train_split)
+    except DatasetError as err:
+        raise ConfigError(f"objective='wsp' needs labels: {err}") from None
+    if info["num_classes"] > config.wsp.num_classes:
+        raise ConfigError(f"wsp.num_classes={config.wsp.num_classes} is smaller than the {info['num_classes']} "
+                          f"classes of data.path={dataset!r}; set --config.wsp.num_classes={info['num_classes']}")
+    if info["multi_label"] and config.data.get("max_labels", 0) == 0:
+        raise ConfigError(f"data.max_labels=0 but data.path={dataset!r} has label sets (up to "
+                          f"{info['max_set_size']} labels); set --config.data.max_labels={info['max_set_size']}")
 
 
 def signature(config) -> dict:

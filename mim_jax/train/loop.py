@@ -80,7 +80,7 @@ def train(config, workdir: str) -> dict:
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
                  peak_flops=total_peak_flops(mesh))
     meta = {"signature": model_signature(config)}
-    evals = TrainingEvals(config, model, dataset_dir, workdir, mesh, rules, log)
+    evals = TrainingEvals(config, model, eval_dataset_dir(config, dataset_dir), workdir, mesh, rules, log)
     on_cpu = jax.devices()[0].platform == "cpu"
     nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
     row = {}
@@ -106,6 +106,14 @@ def train(config, workdir: str) -> dict:
             log.close()
     run_end_evals(config, evals, state.params, program)
     return row
+
+
+def eval_dataset_dir(config, dataset_dir: str) -> str:
+    """The evaluators' dataset: the pretraining one, or config.eval_data when it names another."""
+    eval_data = config.get("eval_data")
+    if eval_data is None or eval_data.source == "same_as_pretraining":
+        return dataset_dir
+    return resolve_dataset_dir(eval_data)
 
 
 def frozen_params(config, program: Program) -> tuple:
