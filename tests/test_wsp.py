@@ -267,3 +267,56 @@ def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_pa
     resumed = read_losses(workdir)
     assert sorted(resumed) == list(range(1, 17))
     assert resumed == reference and {s: first[s] for s in first} == {s: reference[s] for s in first}
+
+
+def test_recipes_follow_maws_tables_11_and_13():
+    """configs/wsp.py: Table 11 (maws; the 2B/14 exceptions, 6.5B in fp32) and Table 13 (in21k)."""
+    from mim_jax.config.cli import load_config_file
+    b = load_config_file("configs/wsp.py:model=B/16,recipe=maws,init=/runs/mae_b16")
+    assert b.init_from == "/runs/mae_b16"
+    b.init_from = ""
+    registry.validate(b, check_data_path=False)
+    assert (b.objective, b.data.global_batch_size, b.wsp.num_classes, b.wsp.pos_embed) == ("wsp", 8192, 28_000,
+                                                                                          "learned")
+    assert b.total_steps == 5_000_000_000 // 8192 and b.optim.warmup_steps == b.total_steps // 20
+    lr = optim.learning_rate_schedule(b.optim, 8192, b.total_steps)
+    assert float(lr(b.optim.warmup_steps)) == pytest.approx(4e-4)
+    half = (b.total_steps + b.optim.warmup_steps) // 2  # linear decay: half the peak half-way through the decay
+    assert float(lr(half)) == pytest.approx(2e-4, rel=1e-4) and float(lr(b.total_steps)) == pytest.approx(0.0)
+    assert (b.optim.b1, b.optim.b2, b.optim.weight_decay, b.optim.grad_clip_norm) == (0.9, 0.999, 0.1, 0.0)
+    assert tuple(b.data.crop_scale) == (0.08, 1.0) and b.data.max_labels == 16
+    two = load_config_file("configs/wsp.py:model=2B/14")
+    assert (two.optim.base_lr * 8192 / 256, two.optim.b2, two.optim.grad_clip_norm) == (pytest.approx(1e-4), 0.95,
+                                                                                        1.0)
+    big = load_config_file("configs/wsp.py:model=6.5B/14,recipe=maws")
+    assert (big.model.dtype, big.plan.topology, tuple(big.mesh.shape)) == ("float32", "v5p:8x8x8", (1, -1, 1))
+    i21 = load_config_file("configs/wsp.py:model=L/16,recipe=in21k")
+    registry.validate(i21, check_data_path=False)
+    assert (i21.data.global_batch_size, i21.total_steps, i21.wsp.num_classes) == (4096, 90 * 14_197_122 // 4096,
+                                                                                  21_841)
+    assert i21.optim.warmup_steps == round(0.033 * i21.total_steps) and i21.optim.schedule == "cosine"
+    assert float(optim.learning_rate_schedule(i21.optim, 4096, i21.total_steps)(i21.optim.warmup_steps)) == \
+        pytest.approx(1e-3)
+    assert (i21.optim.weight_decay, i21.optim.grad_clip_norm, i21.data.get("max_labels", 0)) == (0.1, 1.0, 0)
+
+
+def test_flops_count_the_encoder_on_all_tokens_and_the_head():
+    """ViT-B/16 at 224 px, 28K classes: 197 tokens through 12 blocks, the patch embedding on 196, the head on CLS."""
+    from mim_jax.config.cli import load_config_file
+    from mim_jax.train.program import train_flops_per_step
+    c = load_config_file("configs/wsp.py:model=B/16")
+    s, d, m = 197, 768, 3072
+    forward = 2 * 196 * 768 * d + 12 * (2 * (4 * d * d + 2 * d * m) * s + 4 * s * s * d) + 2 * d * d + 2 * d * 28_000
+    assert wsp.flops_per_example(c) == 3 * forward
+    assert train_flops_per_step(c) == 8192 * 3 * forward
+
+
+@pytest.mark.tpu_compile
+def test_tiny_wsp_step_plans_on_a_tpu_slice_with_label_sets():
+    """The WSP step (label sets in the batch, 1000 classes split over 'tensor') compiles for v5p:2x2x1 and fits."""
+    from mim_jax.cluster import plan
+    c = wsp_config()
+    c.wsp.num_classes = 1000
+    c.mesh.shape = (1, 2, 2)
+    report = plan.plan(c, plan.parse_topology("v5p:2x2x1"))
+    assert report.fits and report.devices == 4
