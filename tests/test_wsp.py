@@ -242,7 +242,7 @@ def read_losses(workdir):
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_path):
     """A WSP run killed between checkpoints and re-run logs every step with the uninterrupted run's loss."""
     config = wsp_config(tiny_dataset, total_steps=16)
-    del config.data["max_labels"]  # the single-label tiny dataset: one-element sets
+    config.data.max_labels = 0  # the single-label tiny dataset: one-element sets
     config.model.drop_path = 0.1
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False
