@@ -323,3 +323,183 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: webdataset:") and "none-*.tar matches no files" in err
+
+
+# ----------------------------------------------------------------------------- tags and a vocabulary
+
+VOCAB = "dog\tpuppy,doggo\ngolden_retriever\tGolden Retriever\n\ncat\tkitty\nbeach\n"  # ids 0..3 (blank skipped)
+
+
+def _vocab_file(tmp_path, text=VOCAB):
+    path = tmp_path / "vocab.txt"
+    path.write_text(text)
+    return str(path)
+
+
+def _tagged_shard(path, samples):
+    """A webdataset tar with one jpg per sample and its json / txt members as given."""
+    with tarfile.open(path, "w") as tar:
+        for i, (meta, text) in enumerate(samples):
+            _add(tar, f"{i:03d}.jpg", _encode(_gradient(20, 16, 300 + i)))
+            if meta is not None:
+                _add(tar, f"{i:03d}.json", json.dumps(meta).encode())
+            if text is not None:
+                _add(tar, f"{i:03d}.txt", text.encode())
+
+
+def _reference_mapping(tags, lookup):
+    """By hand: tags -> (distinct known ids in first-seen order, mapped, unknown)."""
+    ids, mapped, unknown = [], 0, 0
+    for tag in tags:
+        key = tag if isinstance(tag, int) else lookup.get(tag.lstrip("#").lower().replace(" ", "_").replace("-", "_"))
+        if key is None:
+            unknown += 1
+            continue
+        mapped += 1
+        if key not in ids:
+            ids.append(key)
+    return ids, mapped, unknown
+
+
+LOOKUP = {"dog": 0, "puppy": 0, "doggo": 0, "golden_retriever": 1, "cat": 2, "kitty": 2, "beach": 3}
+JSON_TAGS = [["dog", "Beach", "sunset"], ["PUPPY", "doggo"], ["selfie"], [], ["Golden-Retriever", 2], None,
+             ["#kitty", "cat", "tbt", "love"]]
+
+
+@pytest.mark.parametrize("skip_tagless", [False, True])
+def test_webdataset_json_tags_with_vocab_give_exact_counts(tmp_path, skip_tagless):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tagged_shard(shards / "a.tar", [({"tags": t} if t is not None else {"caption": "x"}, None) for t in JSON_TAGS])
+    metadata = ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "out"), num_workers=1, progress=False,
+                             tags_key="tags", label_vocab=_vocab_file(tmp_path), skip_tagless=skip_tagless)
+    expected = [_reference_mapping(t or [], LOOKUP) for t in JSON_TAGS]
+    tagless = sum(not ids for ids, _, _ in expected)
+    entry = metadata["splits"]["train"]
+    assert metadata["classes"] == ["dog", "golden_retriever", "cat", "beach"]
+    assert (metadata["multi_label"], entry["multi_label"]) == (True, True)
+    assert entry["tags"] == {"mapped": sum(m for _, m, _ in expected), "unknown": sum(u for _, _, u in expected),
+                             "tagless": tagless, "skip_tagless": skip_tagless}
+    assert (entry["tags"]["mapped"], entry["tags"]["unknown"], tagless) == (8, 4, 3)  # Counted by hand too.
+    kept = [(f"a/{i:03d}", ids) for i, (ids, _, _) in enumerate(expected) if ids or not skip_tagless]
+    assert entry["num_examples"] == len(kept) and entry.get("skipped", {}) == ({"tagless": 3} if skip_tagless else {})
+    got = _read_back(tmp_path / "out")
+    assert {k: r["labels"] for k, r in got.items()} == dict(kept)
+    assert {k: r["label"] for k, r in got.items()} == {k: (ids[0] if ids else -1) for k, ids in kept}
+    frequencies = [sum(c in ids for _, ids in kept) for c in range(4)]
+    assert entry["class_frequencies"] == frequencies == metadata["class_frequencies"]
+    offsets, values = records.read_label_sets(tmp_path / "out", "train")  # From the index file.
+    source = records.open_split(tmp_path / "out", "train")
+    assert [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(source))] == [
+        records.decode_record(source[i])["labels"] for i in range(len(source))]
+
+
+def test_webdataset_txt_hashtags_and_parquet_columns(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    captions = ["sunny day #beach #Dog #nofilter", "no tags here", "#kitty#cat and #golden-retriever", None]
+    _tagged_shard(shards / "t.tar", [(None, c) for c in captions])
+    out = tmp_path / "txt"
+    metadata = ingest.ingest(f"webdataset:{shards}/*.tar", str(out), num_workers=1, progress=False,
+                             tags_key="txt", label_vocab=_vocab_file(tmp_path))
+    assert metadata["splits"]["train"]["tags"] == {"mapped": 5, "unknown": 1, "tagless": 2, "skip_tagless": False}
+    assert {k: r["labels"] for k, r in _read_back(out).items()} == {
+        "t/000": [3, 0], "t/001": [], "t/002": [2, 1], "t/003": []}
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [_encode(_gradient(16, 12, 400 + i)) for i in range(4)]
+    table = pa.table({"key": ["p0", "p1", "p2", "p3"], "jpg": images,
+                      "tags": [["cat", "mystery"], [], ["beach", "dog", "beach"], ["x", "y"]],
+                      "caption": ["#doggo on the #beach", "#kitty", "", "#unknown"]})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    by_list = ingest.ingest(f"parquet:{tmp_path}/*.parquet", str(tmp_path / "pq_list"), num_workers=1,
+                            progress=False, tags_key="tags", label_vocab=_vocab_file(tmp_path), skip_tagless=True)
+    entry = by_list["splits"]["train"]
+    assert entry["tags"] == {"mapped": 4, "unknown": 3, "tagless": 2, "skip_tagless": True}
+    assert entry["skipped"] == {"tagless": 2} and entry["class_frequencies"] == [1, 0, 1, 1]
+    assert {k: r["labels"] for k, r in _read_back(tmp_path / "pq_list").items()} == {
+        "part-0/p0": [2], "part-0/p2": [3, 0]}
+    by_caption = ingest.ingest(f"parquet:{tmp_path}/*.parquet", str(tmp_path / "pq_caption"), num_workers=1,
+                               progress=False, tags_key="caption", label_vocab=_vocab_file(tmp_path))
+    assert by_caption["splits"]["train"]["tags"] == {"mapped": 3, "unknown": 1, "tagless": 2, "skip_tagless": False}
+    assert {k: r["labels"] for k, r in _read_back(tmp_path / "pq_caption").items()} == {
+        "part-0/p0": [0, 3], "part-0/p1": [2], "part-0/p2": [], "part-0/p3": []}
+
+
+def test_single_label_ingests_are_one_element_sets(image_folder, tmp_path):
+    root, expected = image_folder
+    metadata = ingest.ingest(f"imagefolder:{root}", str(tmp_path / "ds"), num_workers=1, progress=False)
+    entry = metadata["splits"]["train"]
+    assert entry["multi_label"] is False and "tags" not in entry
+    assert entry["class_frequencies"] == [4, 4, 2]  # cat 4, dog 3 + gray, eel 2 (+ 1 corrupt skipped).
+    got = _read_back(tmp_path / "ds")
+    assert all(r["labels"] == [r["label"]] for r in got.values())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"--label_vocab=.*vocab.txt lists no classes; write one class per line"),
+    ("\n\n  \n", r"lists no classes"),
+    ("dog\ncat\nDog\n", r"vocab.txt line 3: 'Dog' duplicates 'dog' on line 1; every class name and alias must be unique"),
+    ("dog\tpuppy\ncat\tpuppy\n", r"line 2: 'puppy' duplicates 'dog' on line 1"),
+])
+def test_bad_vocabularies_name_the_file_and_line(tmp_path, text, message):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tagged_shard(shards / "a.tar", [({"tags": ["dog"]}, None)])
+    with pytest.raises(records.DatasetError, match=message):
+        ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "out"), num_workers=1, progress=False,
+                      tags_key="tags", label_vocab=_vocab_file(tmp_path, text))
+
+
+def test_class_id_beyond_the_vocabulary_is_one_line(tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tagged_shard(shards / "a.tar", [({"tags": ["dog"]}, None), ({"tags": [1, 7]}, None)])
+    with pytest.raises(SystemExit) as exit_info:
+        ingest.main([f"--source=webdataset:{shards}/*.tar", f"--out={tmp_path}/out", "--num_workers=1",
+                     "--tags_key=tags", f"--label_vocab={_vocab_file(tmp_path)}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # After the progress bar: one line.
+    assert err.startswith("error: webdataset sample 'a/001': class id 7 is beyond the 4 classes of "
+                          f"--label_vocab={tmp_path}/vocab.txt")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tags_key": "tags"}, r"--tags_key='tags' and --label_vocab='' go together"),
+    ({"tags_key": "tags", "label_vocab": "V", "label_key": "label"}, r"cannot be combined with --label_key"),
+])
+def test_tag_flags_that_do_not_fit_together(tmp_path, kwargs, message):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tagged_shard(shards / "a.tar", [({"tags": ["dog"]}, None)])
+    if "label_vocab" in kwargs:
+        kwargs = {**kwargs, "label_vocab": _vocab_file(tmp_path)}
+    with pytest.raises(records.DatasetError, match=message):
+        ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "out"), num_workers=1, progress=False, **kwargs)
+    with pytest.raises(records.DatasetError, match=r"read per-sample tags of webdataset or parquet inputs, not "
+                                                   r"imagefolder"):
+        ingest.ingest(f"imagefolder:{shards}", str(tmp_path / "out2"), num_workers=1, progress=False,
+                      tags_key="tags", label_vocab=_vocab_file(tmp_path))
+
+
+@pytest.mark.slow
+def test_tagged_ingest_with_workers_writes_the_same_shards(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tagged_shard(shards / "a.tar", [({"tags": t} if t is not None else {}, None) for t in JSON_TAGS])
+    _tagged_shard(shards / "b.tar", [({"tags": ["cat", "x"]}, None), ({"tags": ["kitty"]}, None)])
+    vocab = _vocab_file(tmp_path)
+    one = ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "one"), num_workers=1, progress=False,
+                        tags_key="tags", label_vocab=vocab)
+    two = ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "two"), num_workers=2, progress=False,
+                        tags_key="tags", label_vocab=vocab)
+    assert one == two and one["splits"]["train"]["tags"] == {"mapped": 10, "unknown": 5, "tagless": 3,
+                                                             "skip_tagless": False}
+    for name in one["splits"]["train"]["shards"] + ["train-index.npz"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    (tmp_path / "vocab.txt").write_text(VOCAB + "sunset\n")  # Another vocabulary: resuming is refused.
+    with pytest.raises(records.DatasetError, match=r"other arguments \(changed: label_vocab\)"):
+        ingest.ingest(f"webdataset:{shards}/*.tar", str(tmp_path / "one"), num_workers=1, progress=False,
+                      tags_key="tags", label_vocab=vocab)

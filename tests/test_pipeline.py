@@ -311,3 +311,9 @@ def test_truncation_is_counted(multi_label_dataset, caplog):
         _train(multi_label_dataset, 1, max_labels=2)
     cut = sum(n > 2 for n in lengths)
     assert f"{cut} of {NUM_TRAIN} records of split 'train' have more than data.max_labels=2 labels" in caplog.text
+
+
+@pytest.mark.slow
+def test_padded_label_sets_do_not_depend_on_workers(multi_label_dataset):
+    reference = _train(multi_label_dataset, 3, start_step=1, max_labels=3)
+    _assert_same(_train(multi_label_dataset, 3, start_step=1, max_labels=3, num_workers=2), reference)

@@ -106,3 +106,15 @@ def test_select_dispatch_and_errors():
         subsets.select(subsets.SubsetSpec("classes", num_classes=5), key_hashes, labels, names)
     spec = subsets.SubsetSpec.from_config(dict(kind="balanced", count=0, fraction=0.5, num_classes=0, seed=9))
     assert spec == subsets.SubsetSpec("balanced", 0, 0.5, 0, 9)
+
+
+def test_class_subset_of_label_sets_keeps_records_holding_a_chosen_class():
+    names = [f"c{i}" for i in range(6)]
+    sets = [[0, 3], [], [5], [1, 2], [3], [4, 0], [2]]
+    offsets, values = records.label_set_arrays(sets)
+    labels = np.array([(s or [-1])[0] for s in sets])
+    for k in (1, 2, 4):
+        name_scores = subsets.scores(np.array([records.key_hash(n) for n in names], np.uint64), 7)
+        chosen = set(np.argsort(name_scores, kind="stable")[:k].tolist())  # Reference: the k lowest names.
+        got = subsets.class_subset(labels, names, k, seed=7, label_sets=(offsets, values))
+        assert got.tolist() == [i for i, s in enumerate(sets) if chosen & set(s)]

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from mim_jax.data import records
+from mim_jax.data.label_vocab import hashtags, tags_from_value
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 PARQUET_IMAGE_COLUMNS = ("jpg", "image", "png", "webp", "img")
@@ -32,12 +33,16 @@ class UnreadableInput(records.DatasetError):
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One input example: its key, label and encoded image, or the reason it is skipped."""
+    """One input example: its key, label and encoded image, or the reason it is skipped.
+
+    `tags`: the raw tags (strings or class ids) when the source reads tags (--tags_key), else None.
+    """
 
     key: str
     label: int = 0
     image: bytes | None = None
     skip_reason: str = ""
+    tags: tuple[str | int, ...] | None = None
 
 
 def hash_strings(strings: Iterable[str]) -> str:
@@ -154,7 +159,20 @@ def _label_from(sample: dict[str, bytes], label_key: str) -> int | None:
     return label if label >= 0 and str(label) == str(value).strip() else None
 
 
-def _sample_item(prefix: str, key: str, sample: dict[str, bytes], label_key: str) -> Item:
+def _tags_from(sample: dict[str, bytes], tags_key: str) -> tuple[str | int, ...]:
+    """Raw tags of a webdataset sample: #hashtags of its .txt member, or a json field (list or caption).
+
+    A missing member or field, or unreadable json / text, gives no tags (the sample counts as tagless).
+    """
+    try:
+        if tags_key == "txt":
+            return tuple(hashtags(sample["txt"].decode("utf-8")))
+        return tuple(tags_from_value(json.loads(sample["json"]).get(tags_key)))
+    except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
+        return ()
+
+
+def _sample_item(prefix: str, key: str, sample: dict[str, bytes], label_key: str, tags_key: str = "") -> Item:
     """One webdataset sample (members of one key) as an Item."""
     full_key = f"{prefix}/{key}"
     image_ext = next((e for e in sample if e.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), None)
@@ -165,7 +183,8 @@ def _sample_item(prefix: str, key: str, sample: dict[str, bytes], label_key: str
         label = _label_from(sample, label_key)
         if label is None:
             return Item(full_key, skip_reason="bad_label")
-    return Item(full_key, label, sample[image_ext])
+    tags = _tags_from(sample, tags_key) if tags_key else None
+    return Item(full_key, label, sample[image_ext], tags=tags)
 
 
 def _key_prefix(path: str, root: str) -> str:
@@ -185,11 +204,12 @@ class WebDatasetSource:
     files: tuple[str, ...]
     root: str
     label_key: str = ""
+    tags_key: str = ""  # 'txt' (#hashtags of the .txt member) or a json field (a list of tags, or a caption)
 
     def describe(self) -> dict[str, Any]:
         """What identifies this input, for the plan and provenance."""
         return {"kind": "webdataset", "files": len(self.files), "files_hash": hash_strings(list(self.files)),
-                "label_key": self.label_key}
+                "label_key": self.label_key, "tags_key": self.tags_key}
 
     def plan(self) -> list[str]:
         """One task per tar file."""
@@ -216,7 +236,7 @@ class WebDatasetSource:
                         continue
                     member_key, extension = _split_member_name(member.name)
                     if member_key != key and key is not None:
-                        yield _sample_item(prefix, key, sample, self.label_key)
+                        yield _sample_item(prefix, key, sample, self.label_key, self.tags_key)
                         sample = {}
                     key = member_key
                     sample[extension] = tar.extractfile(member).read()
@@ -224,7 +244,7 @@ class WebDatasetSource:
                 yield Item(f"{prefix}/<rest of shard>", skip_reason="truncated_shard")
                 return  # The sample being read when the stream broke may be incomplete: drop it.
         if key is not None:
-            yield _sample_item(prefix, key, sample, self.label_key)
+            yield _sample_item(prefix, key, sample, self.label_key, self.tags_key)
 
 
 def _parquet_image_bytes(value: Any) -> bytes | None:
@@ -242,11 +262,12 @@ class ParquetSource:
     root: str
     image_column: str = ""
     label_key: str = ""
+    tags_key: str = ""  # a column: a list of tags, or a caption whose #hashtags are the tags
 
     def describe(self) -> dict[str, Any]:
         """What identifies this input, for the plan and provenance."""
         return {"kind": "parquet", "files": len(self.files), "files_hash": hash_strings(list(self.files)),
-                "image_column": self.image_column, "label_key": self.label_key}
+                "image_column": self.image_column, "label_key": self.label_key, "tags_key": self.tags_key}
 
     def plan(self) -> list[str]:
         """One task per parquet file."""
@@ -266,10 +287,12 @@ class ParquetSource:
         if image_column not in names:
             raise records.DatasetError(f"Parquet file {path!r} has no image column {image_column or '(any of ' + str(PARQUET_IMAGE_COLUMNS) + ')'}; "
                                        f"columns: {names}. Pass --image_column=NAME.")
-        if self.label_key and self.label_key not in names:
-            raise records.DatasetError(f"Parquet file {path!r} has no label column {self.label_key!r}; columns: "
-                                       f"{names}. Fix --label_key.")
-        columns = [image_column] + [c for c in ("key", self.label_key) if c and c in names]
+        for column, flag in ((self.label_key, "--label_key"), (self.tags_key, "--tags_key")):
+            if column and column not in names:
+                raise records.DatasetError(f"Parquet file {path!r} has no column {column!r} ({flag}); columns: "
+                                           f"{names}. Fix {flag}.")
+        columns = [image_column] + list(dict.fromkeys(c for c in ("key", self.label_key, self.tags_key)
+                                                      if c and c in names))
         row = 0
         for batch in parquet.iter_batches(batch_size=256, columns=columns):
             for values in batch.to_pylist():
@@ -280,7 +303,8 @@ class ParquetSource:
                     yield Item(key, skip_reason="bad_label")
                     continue
                 image = _parquet_image_bytes(values[image_column])
-                yield Item(key, label, image) if image is not None else Item(key, skip_reason="no_image")
+                tags = tuple(tags_from_value(values.get(self.tags_key))) if self.tags_key else None
+                yield Item(key, label, image, tags=tags) if image is not None else Item(key, skip_reason="no_image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +370,7 @@ Source = ImageFolderSource | WebDatasetSource | ParquetSource | TfdsSource
 
 def open_source(spec: str, *, split: str, examples_per_shard: int, out_dir: str, class_index: str = "",
                 existing_classes: list[str] | None = None, label_key: str = "", image_column: str = "",
-                tfds_data_dir: str = "", tfds_split: str = "") -> tuple[Source, list[str] | None]:
+                tfds_data_dir: str = "", tfds_split: str = "", tags_key: str = "") -> tuple[Source, list[str] | None]:
     """Parses --source=KIND:LOCATION into a source and its class names (None: from the labels seen)."""
     kind, _, location = spec.partition(":")
     if not location:
@@ -369,10 +393,10 @@ def open_source(spec: str, *, split: str, examples_per_shard: int, out_dir: str,
         return ImageFolderSource(root, tuple(classes), examples_per_shard), list(classes)
     if kind == "webdataset":
         files = _expand_glob(kind, location)
-        return WebDatasetSource(tuple(files), _common_root(files), label_key), given
+        return WebDatasetSource(tuple(files), _common_root(files), label_key, tags_key), given
     if kind == "parquet":
         files = _expand_glob(kind, location)
-        return ParquetSource(tuple(files), _common_root(files), image_column, label_key), given
+        return ParquetSource(tuple(files), _common_root(files), image_column, label_key, tags_key), given
     if kind == "tfds":
         source = TfdsSource(location, tfds_data_dir, tfds_split or split, examples_per_shard)
         return source, given or source.classes()

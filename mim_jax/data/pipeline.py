@@ -146,7 +146,8 @@ def training_source(dataset_dir: str, split: str, subset: subsets.SubsetSpec | N
     if subset is None or subset.kind == "all":
         return source
     key_hashes, labels = sources.split_index(dataset_dir, split)
-    indices = subsets.select(subset, key_hashes, labels, sources.class_names(dataset_dir))
+    label_sets = sources.split_label_sets(dataset_dir, split) if subset.kind == "classes" else None
+    indices = subsets.select(subset, key_hashes, labels, sources.class_names(dataset_dir), label_sets)
     return sources.IndexedSource(source, indices)
 
 

@@ -11,7 +11,11 @@ copying data. Kinds (config ``data.subset``):
 - ``balanced``: in each class the ``round(fraction * n_class)`` lowest-scored records (ImageNet
   10% / 20% / 50% per class), so each class gets its share to within one image.
 - ``classes``: every record of the ``num_classes`` classes whose names score lowest (ImageNet-100
-  style); labels keep their original values.
+  style); labels keep their original values. On a multi-label split, every record whose label set
+  holds one of those classes (its other labels are kept).
+
+``balanced`` on a multi-label split balances over each record's first label (its ``label``; records
+with an empty set form one group of their own).
 
 Cost: one hash per record (stored by ingest in the split's index file, else one scan of the
 records), then O(N) selection for ``random`` and one sort of N uint64 scores for ``balanced``
@@ -93,19 +97,28 @@ def balanced_subset(key_hashes: np.ndarray, labels: np.ndarray, fraction: float,
     return np.sort(order[rank_in_class < quotas[class_pos]])
 
 
-def class_subset(labels: np.ndarray, class_names: Sequence[str], num_classes: int, seed: int) -> np.ndarray:
-    """Sorted record indices of every record whose class is among the `num_classes` lowest-scored names."""
+def class_subset(labels: np.ndarray, class_names: Sequence[str], num_classes: int, seed: int,
+                 label_sets: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Sorted record indices of every record whose class is among the `num_classes` lowest-scored names.
+
+    With `label_sets` = (offsets, values) (multi-label), a record is kept when any of its labels is chosen.
+    """
     if not 0 < num_classes <= len(class_names):
         raise DatasetError(f"data.subset.num_classes={num_classes} must be in [1, {len(class_names)}] "
                            f"(the dataset's classes); lower it.")
     name_hashes = np.array([key_hash(name) for name in class_names], np.uint64)
     chosen = np.argsort(scores(name_hashes, seed), kind="stable")[:num_classes]
-    return np.flatnonzero(np.isin(np.asarray(labels), chosen))
+    if label_sets is None:
+        return np.flatnonzero(np.isin(np.asarray(labels), chosen))
+    offsets, values = label_sets
+    hits = np.isin(values, chosen)
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # The record of each label value.
+    return np.unique(owner[hits])
 
 
 def select(spec: SubsetSpec, key_hashes: np.ndarray, labels: np.ndarray,
-           class_names: Sequence[str]) -> np.ndarray | None:
-    """Record indices of the subset `spec` (sorted), or None for kind 'all'."""
+           class_names: Sequence[str], label_sets: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
+    """Record indices of the subset `spec` (sorted), or None for kind 'all'; `label_sets` for multi-label splits."""
     if spec.kind == "all":
         return None
     if spec.kind == "random":
@@ -117,5 +130,5 @@ def select(spec: SubsetSpec, key_hashes: np.ndarray, labels: np.ndarray,
             raise DatasetError(f"data.subset.fraction={spec.fraction} keeps no image of any class; raise it.")
         return indices
     if spec.kind == "classes":
-        return class_subset(labels, class_names, spec.num_classes, spec.seed)
+        return class_subset(labels, class_names, spec.num_classes, spec.seed, label_sets)
     raise DatasetError(f"data.subset.kind={spec.kind!r}: use one of {SUBSET_KINDS}.")
