@@ -237,12 +237,25 @@ def read_losses(workdir):
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+@pytest.fixture(scope="module")
+def tiny_multi_label_dataset(tmp_path_factory) -> str:
+    """Multi-label shapes in real ArrayRecord shards (train 96 with label sets, val 40 single-label, 36 px)."""
+    from mim_jax.data import synthetic
+    out = str(tmp_path_factory.mktemp("data") / "shapes_ml")
+    synthetic.generate(out, num_train=96, num_val=40, image_size=36, seed=0, num_shards=2, num_workers=1,
+                       multi_label=True)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_path):
-    """A WSP run killed between checkpoints and re-run logs every step with the uninterrupted run's loss."""
-    config = wsp_config(tiny_dataset, total_steps=16)
-    config.data.max_labels = 0  # the single-label tiny dataset: one-element sets
+@pytest.mark.parametrize("labels", ["single", "multi"])
+def test_sigkill_resume_reproduces_the_uninterrupted_losses(labels, request, tmp_path):
+    """A WSP run (one-element sets, or label sets of up to 4 tags) killed between checkpoints and re-run logs every
+    step with the uninterrupted run's loss."""
+    dataset = request.getfixturevalue("tiny_dataset" if labels == "single" else "tiny_multi_label_dataset")
+    config = wsp_config(dataset, total_steps=16)
+    config.data.max_labels = 0 if labels == "single" else 4
     config.model.drop_path = 0.1
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False

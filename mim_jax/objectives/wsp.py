@@ -8,6 +8,7 @@ multi-hot is built on device from the padded ids, sharded over the class axis li
 """
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -59,7 +60,7 @@ def soft_target_cross_entropy(logits: jax.Array, labels: jax.Array, num_classes:
     valid = jnp.arange(logits.shape[1]) < num_classes
     logits = jnp.where(valid, logits, PADDING_LOGIT)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    hot = multi_hot(labels, logits.shape[1]) * valid
+    hot = nn.with_logical_constraint(multi_hot(labels, logits.shape[1]) * valid, ("batch", "act_classes"))
     count = hot.sum(axis=-1, keepdims=True)
     targets = hot / jnp.maximum(count, 1.0)
     if label_smoothing:
