@@ -180,6 +180,21 @@ def test_mae_to_wsp_init_reports_and_copies_the_encoder(mae_run, tmp_path, capsy
 
 
 @pytest.mark.slow
+def test_mae_to_wsp_from_a_timm_layout_file(mae_run, tmp_path, capsys):
+    """The MAE run exported under official MAE / timm names (sin-cos pos_embed) initializes WSP the same way."""
+    from mim_jax.convert.conversion import convert
+    run_dir, mae_params = mae_run
+    path = str(tmp_path / "mae.safetensors")
+    convert(run_dir, path, "timm")
+    params, report, _ = init_from_run(path, tmp_path)
+    assert report["step"] == "file" and report["missing"] == [] and "pos_embed" in report["loaded"]
+    assert f"Initializing weights from {path} (step file, subtree 'encoder')" in capsys.readouterr().out
+    np.testing.assert_array_equal(params["encoder"]["pos_embed"], sincos_2d(32, 4))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 {k: v for k, v in params["encoder"].items() if k != "pos_embed"}, mae_params["encoder"])
+
+
+@pytest.mark.slow
 def test_sincos_wsp_from_mae_loads_everything_without_a_table(mae_run, tmp_path):
     params, report, _ = init_from_run(mae_run[0], tmp_path, pos_embed="sincos")
     assert "pos_embed" not in params["encoder"] and report["notes"] == [] and report["missing"] == []
