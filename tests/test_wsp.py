@@ -348,3 +348,13 @@ def test_tiny_wsp_step_plans_on_a_tpu_slice_with_label_sets():
     c.mesh.shape = (1, 2, 2)
     report = plan.plan(c, plan.parse_topology("v5p:2x2x1"))
     assert report.fits and report.devices == 4
+
+
+def test_dataset_checks_on_real_shards(tiny_dataset, tiny_multi_label_dataset):
+    """On generated shards: single-label shapes pass; multi-label shapes need data.max_labels (named with the fix)."""
+    wsp.check_dataset_labels(wsp_config(tiny_dataset))
+    c = wsp_config(tiny_multi_label_dataset)
+    wsp.check_dataset_labels(c)
+    c.data.max_labels = 0
+    with pytest.raises(ConfigError, match=r"^data.max_labels=0 but data.path=.* has label sets \(up to \d labels\)"):
+        wsp.check_dataset_labels(c)
