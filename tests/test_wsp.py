@@ -339,6 +339,7 @@ def test_flops_count_the_encoder_on_all_tokens_and_the_head():
     assert train_flops_per_step(c) == 8192 * 3 * forward
 
 
+@pytest.mark.slow
 @pytest.mark.tpu_compile
 def test_tiny_wsp_step_plans_on_a_tpu_slice_with_label_sets():
     """The WSP step (label sets in the batch, 1000 classes split over 'tensor') compiles for v5p:2x2x1 and fits."""
