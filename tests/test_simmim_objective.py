@@ -120,7 +120,7 @@ def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_pa
     ("simmim.mask_patch_size", 24, "simmim.mask_patch_size=24 must divide the image size 32"),
     ("simmim.mask_ratio", 1.0, "simmim.mask_ratio=1.0 must lie in (0, 1)"),
     ("simmim.norm_target_window", 4, "simmim.norm_target_window=4 must be 0 (off) or an odd window size"),
-    ("objective", "beit", "objective='beit' is not registered; use one of ['mae', 'mae_teacher', 'simmim']"),
+    ("objective", "beit", "objective='beit' is not registered; use one of ['mae', 'mae_teacher', 'simmim', 'wsp']"),
     ("mae.mask_ratio", 0.5, "mae.mask_ratio=0.5 is set, but objective='simmim' does not read the 'mae' block"),
 ])
 def test_bad_input_names_the_field_and_the_fix(field, value, message):

@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict()
     c.optim.base_lr = 1.5e-4          # lr = base_lr * global_batch_size / 256
     c.optim.min_lr = 0.0
-    c.optim.schedule = "cosine"       # cosine (to min_lr) | step (x step_decay_factor from step_decay_at on)
+    c.optim.schedule = "cosine"       # cosine (to min_lr) | step (x step_decay_factor from step_decay_at on) | linear
     c.optim.step_decay_at = 0.875     # schedule=step: fraction of total_steps where the lr drops (Xie et al.: 7/8)
     c.optim.step_decay_factor = 0.1
     c.optim.warmup_steps = 40 * IMAGENET_TRAIN_SIZE // 4096
@@ -74,6 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.plan = ml_collections.ConfigDict(dict(topology=""))  # TPU slice the config targets, e.g. v5p:8x8x4
 
     c.evals = default_evals()
+    # Where the evaluators read their (single-label) train and val splits: the pretraining data by default; e.g.
+    # a WSP run on multi-label data evaluates on a single-label set (fields as in config.data).
+    c.eval_data = c.data.copy_and_resolve_references()
+    c.eval_data.source = "same_as_pretraining"
     for name, block in objective_blocks().items():  # config.mae, config.teacher, config.simmim, ...
         c[name] = block
     return c

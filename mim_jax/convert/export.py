@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Optional
 
 import numpy as np
 
+from mim_jax.convert.wsp_heads import head_state_dict
 from mim_jax.errors import ConfigError
 from mim_jax.models.teachers import ViTArch
 from mim_jax.models.vit import sincos_2d
@@ -50,7 +52,11 @@ def timm_state_dict(params: dict, arch: ViTArch) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
 
 
-def export_timm(params: dict, arch: ViTArch, path: str) -> None:
-    """Write `params` as a timm-compatible safetensors file (architecture in the metadata)."""
+def export_timm(params: dict, arch: ViTArch, path: str, head: Optional[dict] = None) -> None:
+    """Write `params` as a timm-compatible safetensors file (architecture in the metadata); with `head` (a WSP
+    head of real classes) also timm's pre_logits.fc + head (the MAWS / SWAG classifier)."""
     from safetensors.numpy import save_file
-    save_file(timm_state_dict(params, arch), path, metadata={"mim_jax_arch": json.dumps(dataclasses.asdict(arch))})
+    sd = timm_state_dict(params, arch)
+    if head is not None:
+        sd.update(head_state_dict(head))
+    save_file(sd, path, metadata={"mim_jax_arch": json.dumps(dataclasses.asdict(arch))})

@@ -69,9 +69,10 @@ HF_VIT = Layout("HF ViTModel / ViTMAE", "embeddings.patch_embeddings.projection.
                 out="attention.output.dense", norm2="layernorm_after", fc1="intermediate.dense", fc2="output.dense",
                 norm="layernorm")
 LAYOUTS = (TIMM, OPENAI_CLIP, HF_CLIP, HF_VIT)
-# Tensors a family carries that the ViT does not use (buffers, pooler heads, the text tower, a decoder).
+# Tensors a family carries that the ViT does not use (buffers, pooler heads, the text tower, a decoder, a
+# classifier / WSP head: convert/wsp_heads.py reads the latter).
 IGNORED = re.compile(r"(^|\.)(position_ids|pooler\..*|logit_scale|text_model\..*|text_projection.*|"
-                     r"decoder.*|mask_token|head\..*|fc_norm\..*)$")
+                     r"decoder.*|mask_token|head\..*|fc_norm\..*|pre_logits\..*)$")
 
 
 def find_layout(keys) -> tuple[Layout, str]:

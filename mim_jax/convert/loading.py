@@ -11,10 +11,14 @@ import os
 from mim_jax.convert import native
 from mim_jax.convert.checkpoint_files import read_checkpoint
 from mim_jax.convert.mae_checkpoints import import_mae
+from mim_jax.convert.wsp_heads import import_head
 
 
 def load_any(source: str, heads: int = 0, variant: str = "", decoder_heads: int = 0):
-    """(ViTArch, decoder dims or None, params {'encoder'[, 'decoder']}) of a weights file or HF directory."""
+    """(ViTArch, decoder dims or None, params {'encoder'[, 'decoder'][, 'head']}) of a weights file or HF directory.
+
+    A WSP head (timm `pre_logits.fc` + `head`, MAWS layout) comes back as params['head'] (real classes; pad_head).
+    """
     path = os.path.expanduser(source)
     if os.path.isfile(path) and native.is_native(path):
         arch, params = native.load_native(path)
@@ -23,4 +27,8 @@ def load_any(source: str, heads: int = 0, variant: str = "", decoder_heads: int 
         stored = native.read_arch(path)  # our timm exports record their architecture
         heads = stored.heads if stored else 0
     sd, hf_config = read_checkpoint(path)
-    return import_mae(sd, hf_config, heads, variant, decoder_heads)
+    arch, decoder, params = import_mae(sd, hf_config, heads, variant, decoder_heads)
+    head = import_head(sd)
+    if head is not None:
+        params["head"] = head
+    return arch, decoder, params

@@ -40,7 +40,7 @@ def evaluate(config, workdir: str) -> dict:
         data_cfg = config.data
     else:
         run_cfg, model, params, step = load_run(config.init_from, mesh, rules, config.random_init)
-        data_cfg = run_cfg.data if config.data.source == "same_as_pretraining" else config.data
+        data_cfg = run_data(run_cfg) if config.data.source == "same_as_pretraining" else config.data
         norm_pix_loss = run_cfg.mae.norm_pix_loss
         check_applies(config.eval.type, run_cfg.get("objective", "mae"))
         if config.eval.type == "objective_loss":
@@ -54,6 +54,12 @@ def evaluate(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(f"{describe(config.name, config.eval.type, result)} (step {step}) -> {path}", flush=True)
     return result
+
+
+def run_data(run_cfg):
+    """The data a run evaluates on: its config.eval_data when that names a dataset, else its pretraining data."""
+    eval_data = run_cfg.get("eval_data")
+    return run_cfg.data if eval_data is None or eval_data.source == "same_as_pretraining" else eval_data
 
 
 def frozen_inputs(run_cfg, mesh, rules) -> tuple:

@@ -17,6 +17,8 @@ The generic pieces (`mim_jax.train`) only ever call these fields:
 * `evaluators`: the eval types that mean something for it (e.g. recon_loss only for pixel MAE).
 * `signature(config)` -> the fields that fix parameter shapes beside config.model (resume checks them).
 * `config_blocks`: {block name: default ConfigDict factory}; the blocks it reads (`config.mae`, ...).
+* `adapt_init(source, config, init_from)` -> (source, notes): optional; adapts `init_from` weights to this model
+  before they are merged (e.g. WSP fills a learned position table from a sin-cos source), or refuses them.
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class Objective:
     evaluators: frozenset = ENCODER_EVALUATORS
     signature: Callable[[Any], dict] = lambda config: {}
     frozen: Optional[Callable[..., Optional[Frozen]]] = None
+    adapt_init: Optional[Callable[..., tuple]] = None
     description: str = ""
 
 

@@ -5,13 +5,14 @@ import ml_collections
 
 from mim_jax.config import validation
 from mim_jax.errors import ConfigError
-from mim_jax.objectives import mae, mae_teacher, simmim
+from mim_jax.objectives import mae, mae_teacher, simmim, wsp
 from mim_jax.objectives.base import GENERIC_EVALUATORS, Objective, supports
 
 OBJECTIVES: dict[str, Objective] = {
     "mae": mae.OBJECTIVE,
     "mae_teacher": mae_teacher.OBJECTIVE,
     "simmim": simmim.OBJECTIVE,
+    "wsp": wsp.OBJECTIVE,
 }
 
 

@@ -28,7 +28,9 @@ DEFAULT_RULES = (
     ("layers", None),
     ("seq", None),
     ("act_embed", None),
-    ("classes", None),
+    ("classes", "tensor"),       # classifier heads (WSP's 28K classes); their inputs are FSDP-sharded on embed
+    ("act_classes", "tensor"),   # logits and multi-hot targets [batch, classes]
+    ("head_in", None),
 )
 
 

@@ -69,7 +69,7 @@ def train(config, workdir: str) -> dict:
     keep_steps = tuple(config.ckpt.get("keep_steps", ()))
     manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
                                              cleanup_tmp=True, keep_steps=keep_steps)
-    start_step, state = resume.start_state(config, program, manager)
+    start_step, state = resume.start_state(config, program, manager, workdir)
     frozen_args = frozen_params(config, program)
     train_step = program.step
     batches = pipeline.train_batches(
@@ -81,7 +81,8 @@ def train(config, workdir: str) -> dict:
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
                  peak_flops=total_peak_flops(mesh))
     meta = {"signature": model_signature(config)}
-    evals = TrainingEvals(config, model, dataset_dir, workdir, mesh, rules, log, program.frozen, frozen_args)
+    evals = TrainingEvals(config, model, eval_dataset_dir(config, dataset_dir), workdir, mesh, rules, log,
+                          program.frozen, frozen_args)
     on_cpu = jax.devices()[0].platform == "cpu"
     nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
     row = {}
@@ -108,6 +109,14 @@ def train(config, workdir: str) -> dict:
             log.close()
     run_end_evals(config, evals, state.params, program)
     return row
+
+
+def eval_dataset_dir(config, dataset_dir: str) -> str:
+    """The evaluators' dataset: the pretraining one, or config.eval_data when it names another."""
+    eval_data = config.get("eval_data")
+    if eval_data is None or eval_data.source == "same_as_pretraining":
+        return dataset_dir
+    return resolve_dataset_dir(eval_data)
 
 
 def frozen_params(config, program: Program) -> tuple:

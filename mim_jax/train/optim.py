@@ -20,7 +20,7 @@ def peak_learning_rate(optim_cfg, global_batch_size: int) -> float:
     return optim_cfg.base_lr * global_batch_size / 256
 
 
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "linear")
 
 
 def step_decay_step(optim_cfg, total_steps: int) -> int:
@@ -32,7 +32,8 @@ def learning_rate_schedule(optim_cfg, global_batch_size: int, total_steps: int) 
     """Linear warmup from 0 to the peak over `optim.warmup_steps`, then by `optim.schedule`:
 
     cosine (MAE) decays to `optim.min_lr`; step (Xie et al.) holds the peak, then multiplies it by
-    `optim.step_decay_factor` from step round(step_decay_at * total_steps) on.
+    `optim.step_decay_factor` from step round(step_decay_at * total_steps) on; linear (MAWS's WSP) decays
+    linearly to `optim.min_lr` at total_steps.
     """
     peak = peak_learning_rate(optim_cfg, global_batch_size)
     warmup = min(optim_cfg.warmup_steps, total_steps)
@@ -42,6 +43,10 @@ def learning_rate_schedule(optim_cfg, global_batch_size: int, total_steps: int) 
             [optax.linear_schedule(0.0, peak, warmup),
              optax.piecewise_constant_schedule(peak, {decay_step - warmup: optim_cfg.step_decay_factor})],
             [warmup])
+    if optim_cfg.get("schedule", "cosine") == "linear":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup),
+             optax.linear_schedule(peak, optim_cfg.min_lr, max(total_steps - warmup, 1))], [warmup])
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.min_lr)

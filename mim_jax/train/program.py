@@ -41,6 +41,7 @@ class Program:
     replicated_fraction: float
     init_inputs: tuple      # the model's example inputs for init
     frozen: Frozen | None = None  # frozen inputs of the step (a teacher); their params are passed to `step`
+    max_labels: int = 0     # > 0: batches carry label sets `labels` [B, max_labels] (config.data.max_labels)
 
     def init_state(self, seed: int):
         """(state, shardings) at the random init of `seed`, built straight into its shardings."""
@@ -48,10 +49,14 @@ class Program:
 
     def abstract_batch(self, global_batch_size: int, image_size: int) -> dict:
         """ShapeDtypeStructs of one global train batch with their shardings (for ahead-of-time lowering)."""
-        shardings = batch_shardings(self.mesh, self.rules)
-        return {"image": jax.ShapeDtypeStruct((global_batch_size, image_size, image_size, 3), jnp.uint8,
-                                              sharding=shardings["image"]),
-                "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=shardings["label"])}
+        shardings = batch_shardings(self.mesh, self.rules, self.max_labels)
+        batch = {"image": jax.ShapeDtypeStruct((global_batch_size, image_size, image_size, 3), jnp.uint8,
+                                               sharding=shardings["image"]),
+                 "label": jax.ShapeDtypeStruct((global_batch_size,), jnp.int32, sharding=shardings["label"])}
+        if self.max_labels > 0:
+            batch["labels"] = jax.ShapeDtypeStruct((global_batch_size, self.max_labels), jnp.int32,
+                                                   sharding=shardings["labels"])
+        return batch
 
     def lower(self, global_batch_size: int, image_size: int):
         """Lower the jitted train step for abstract state and batch (no device memory is touched)."""
@@ -97,4 +102,5 @@ def build_program(config, mesh, process_count: int = 1) -> Program:
     check_divisible(abstract.params, shardings.params, mesh)
     fraction = check_replication(abstract.params, shardings.params, mesh, config.mesh.max_replicated_fraction)
     step = make_train_step(objective, model, config, schedule, mesh, rules, shardings, frozen)
-    return Program(objective, model, tx, mesh, rules, abstract, shardings, step, fraction, inputs, frozen)
+    return Program(objective, model, tx, mesh, rules, abstract, shardings, step, fraction, inputs, frozen,
+                   config.data.get("max_labels", 0))

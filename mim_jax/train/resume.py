@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -19,6 +20,8 @@ from mim_jax.errors import ConfigError
 from mim_jax.train import checkpoints
 from mim_jax.train.program import Program, model_signature
 from mim_jax.train.runs import load_run
+
+INIT_REPORT_FILE = "init_report.json"
 
 
 def say(message: str) -> None:
@@ -95,17 +98,32 @@ def init_source(init_from: str, program: Program) -> tuple[Any, Any]:
 
 
 def init_weights(config, program: Program, state: Any) -> tuple[Any, dict]:
-    """`state` with the weights of config.init_from loaded into config.init_from_subtree -> (state, report)."""
+    """`state` with the weights of config.init_from loaded into config.init_from_subtree -> (state, report).
+
+    The objective's `adapt_init` (if any) sees the source weights first (e.g. WSP: sin-cos -> learned positions).
+    """
     source, step = init_source(config.init_from, program)
+    notes = []
+    if program.objective.adapt_init is not None:
+        source, notes = program.objective.adapt_init(jax.device_get(source), config, config.init_from)
     params, report = merge_weights(state.params, source, config.init_from_subtree, program.shardings.params)
-    report["step"] = step
+    report.update(step=step, notes=notes)
     say(f"Initializing weights from {config.init_from} (step {step}, subtree "
-        f"{config.init_from_subtree or 'all'!r}): {format_report(report)}; optimizer state and step start fresh")
+        f"{config.init_from_subtree or 'all'!r}): {format_report(report)}{''.join('; ' + n for n in notes)}; "
+        f"optimizer state and step start fresh")
     return state.replace(params=params), report
 
 
-def start_state(config, program: Program, manager) -> tuple[int, Any]:
-    """(start_step, state) by the priority rules above; prints which one applied."""
+def write_report(workdir: str, report: dict) -> None:
+    """WORKDIR/init_report.json: what init_from loaded (process 0)."""
+    if jax.process_index() == 0:
+        run_dirs.write_text(run_dirs.join(workdir, INIT_REPORT_FILE),
+                            json.dumps({k: v if k != "step" else str(v) for k, v in report.items()}, indent=1))
+
+
+def start_state(config, program: Program, manager, workdir: str = "") -> tuple[int, Any]:
+    """(start_step, state) by the priority rules above; prints which one applied (init_from: and writes
+    WORKDIR/init_report.json when `workdir` is given)."""
     signature = model_signature(config)
     restored = checkpoints.restore_latest(manager, program.abstract_state, signature)
     if restored is not None:
@@ -118,6 +136,9 @@ def start_state(config, program: Program, manager) -> tuple[int, Any]:
         return step, state
     state, _ = program.init_state(config.seed)
     if config.init_from:
-        return 0, init_weights(config, program, state)[0]
+        state, report = init_weights(config, program, state)
+        if workdir:
+            write_report(workdir, report)
+        return 0, state
     say("Starting from scratch (no checkpoint in workdir, no ckpt.resume_from or init_from)")
     return 0, state

@@ -64,9 +64,12 @@ def accumulated_value_and_grad(loss_fn: Callable, params, batch: dict, rng: jax.
     return jax.tree.map(lambda x: x / micro_batches, sums)
 
 
-def batch_shardings(mesh, rules) -> dict:
-    """Shardings of the train batch dict (uint8 images [B, H, W, 3], labels [B])."""
-    return {"image": batch_sharding(mesh, rules, 4), "label": batch_sharding(mesh, rules, 1)}
+def batch_shardings(mesh, rules, max_labels: int = 0) -> dict:
+    """Shardings of the train batch dict (uint8 images [B, H, W, 3], labels [B], label sets [B, max_labels] if > 0)."""
+    out = {"image": batch_sharding(mesh, rules, 4), "label": batch_sharding(mesh, rules, 1)}
+    if max_labels > 0:
+        out["labels"] = batch_sharding(mesh, rules, 2)
+    return out
 
 
 def make_train_step(objective: Objective, model: nn.Module, config, schedule: optax.Schedule, mesh, rules,
@@ -92,7 +95,8 @@ def make_train_step(objective: Objective, model: nn.Module, config, schedule: op
         return state, {**metrics, **skip_metrics(state.opt_state)}
 
     frozen_shardings = () if frozen is None else (frozen.shardings,)
-    jitted = jax.jit(step, in_shardings=(shardings, batch_shardings(mesh, rules)) + frozen_shardings,
+    batch_in = batch_shardings(mesh, rules, config.data.get("max_labels", 0))
+    jitted = jax.jit(step, in_shardings=(shardings, batch_in) + frozen_shardings,
                      out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
 
     def run(state, batch, *frozen_params):
