@@ -222,3 +222,61 @@ def _block_out(b: dict, base: str) -> dict:
 def import_state_dict(sd: dict, depths: tuple[int, ...], heads: tuple[int, ...]) -> dict:
     """Any supported SwinV2 state dict (Microsoft SwinV2 / SimMIM, HF Swinv2*) -> our params."""
     return hf_to_params(microsoft_to_hf(sd) if is_microsoft(sd) else sd, depths, heads)
+
+
+def infer_arch(sd: dict) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(stage-1 width, blocks per stage, heads per stage) read off an HF-layout SwinV2 state dict."""
+    sd = _strip_prefix(sd)
+    embed = sd["embeddings.patch_embeddings.projection.weight"].shape[0]
+    depths, heads = [], []
+    while f"encoder.layers.{len(depths)}.blocks.0.attention.self.logit_scale" in sd:
+        i = len(depths)
+        heads.append(int(sd[f"encoder.layers.{i}.blocks.0.attention.self.logit_scale"].shape[0]))
+        depths.append(sum(1 for k in sd if re.fullmatch(rf"encoder\.layers\.{i}\.blocks\.\d+\.layernorm_before\.weight",
+                                                        k)))
+    if not depths:
+        raise ConfigError("SwinV2 weights: no encoder.layers.0.blocks.0 found; is this a SwinV2 checkpoint?")
+    return int(embed), tuple(depths), tuple(heads)
+
+
+def variant_of(embed: int, depths: tuple[int, ...], heads: tuple[int, ...]) -> str:
+    """The SWINV2_SIZES name of an architecture, or a ConfigError naming the nearest."""
+    from mim_jax.models.swinv2 import SWINV2_SIZES
+    for name, s in SWINV2_SIZES.items():
+        if (s.embed_dim, s.depths, s.heads) == (embed, depths, heads):
+            return name
+    raise ConfigError(f"SwinV2 weights: width {embed}, depths {depths}, heads {heads} is none of the sizes "
+                      f"{sorted(SWINV2_SIZES)}; set model.variant to the nearest and model.width / model.heads")
+
+
+def load_swinv2_file(path: str) -> tuple[str, dict]:
+    """(variant, params) of a Microsoft SwinV2 / SimMIM .pth, an HF Swinv2 directory or a safetensors file."""
+    from mim_jax.convert.checkpoint_files import read_checkpoint
+    sd, _ = read_checkpoint(path)
+    if is_microsoft(sd):
+        sd = microsoft_to_hf(sd)
+    embed, depths, heads = infer_arch(sd)
+    return variant_of(embed, depths, heads), hf_to_params(sd, depths, heads)
+
+
+def save_hf(params: dict, encoder, out_dir: str) -> str:
+    """Write our SwinV2 params as an HF checkpoint (config.json + model.safetensors): Swinv2ForMaskedImageModeling
+    when params hold the SimMIM head, else Swinv2Model."""
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+    simmim = "head" in params
+    sd = params_to_hf(params, prefix="swinv2." if simmim else "")
+    config = {"model_type": "swinv2", "architectures": ["Swinv2ForMaskedImageModeling" if simmim else "Swinv2Model"],
+              "image_size": encoder.image_size, "patch_size": encoder.patch_size, "num_channels": 3,
+              "embed_dim": encoder.embed_dim, "depths": list(encoder.depths), "num_heads": list(encoder.heads),
+              "window_size": encoder.window_size, "mlp_ratio": 4.0, "qkv_bias": True, "layer_norm_eps": 1e-5,
+              "pretrained_window_sizes": list(encoder.pretrained_window_sizes or (0,) * len(encoder.depths)),
+              "encoder_stride": encoder.output_stride, "use_absolute_embeddings": False}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()},
+              os.path.join(out_dir, "model.safetensors"))
+    return out_dir
