@@ -228,3 +228,25 @@ def test_finetune_at_224_window_14_keeps_the_192_window_12_weights():
     enc = model.encoder
     assert (enc.image_size, enc.window_size, enc.pretrained_window_sizes) == (224, 14, (12, 12, 12, 6))
     assert [w for _, w, _ in enc.geometry()] == [14, 14, 14, 7]
+
+
+@pytest.mark.slow
+def test_finetune_runs_at_a_new_image_and_window_size(tiny_dataset):
+    """A 32 px / window 2 SimMIM-SwinV2 encoder fine-tuned at 64 px / window 4 (CPB scaled by (2, 2, 2, 1))."""
+    from mim_jax.config.defaults import finetune_config
+    from mim_jax.evaluate.evaluators import EvalContext
+    c = swin_config(tiny_dataset)
+    c.model.window_size = 2
+    model = simmim.build_model(c)
+    mesh_cfg = ml_collections.ConfigDict({"shape": (8, 1, 1), "rules": c.mesh.rules})
+    mesh, rules = make_mesh(mesh_cfg, jax.devices()), logical_rules(mesh_cfg)
+    state, _ = create_train_state(model, simmim.init_inputs(model, c), optax.sgd(0.1), mesh, rules, seed=0)
+    ctx = EvalContext(model, state.params, tiny_dataset, "train", "val", mesh, rules, 0)
+    e = finetune_config("Ti/16")
+    e.update({"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "eval_batch_size": 8, "auto_augment": "",
+              "image_size": 64, "window_size": 4})
+    result = ft.finetune_encoder(ctx, e)
+    assert result["num_val"] == 40 and result["steps"] == 2 * (96 // 16)
+    assert np.isfinite(result["final_train_loss"]) and 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    encoder = ft.classifier_for(model.encoder, 10, 0.1, 64, 4).encoder
+    assert encoder.pretrained_window_sizes == (2, 2, 2, 1) and [w for _, w, _ in encoder.geometry()] == [4, 4, 4, 2]

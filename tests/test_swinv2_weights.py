@@ -1,10 +1,13 @@
 """SwinV2 weights: import an HF Swinv2 checkpoint (save_pretrained) and a Microsoft SwinV2 / SimMIM state dict
 (torch.save, Microsoft's key names), compare our outputs to the torch model; export to the HF layout and load it
 back into HF (strict) with the same outputs; bad files are refused in one line."""
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from test_simmim_objective import REPO
 from test_swinv2 import hf_config, images_and_mask, ours, randomize
 from transformers import Swinv2ForMaskedImageModeling, Swinv2Model
 
@@ -135,3 +138,19 @@ def test_a_file_that_is_not_swinv2_is_refused(tmp_path):
 def test_an_unknown_size_names_the_fields(tmp_path):
     with pytest.raises(ConfigError, match=r"width 40, depths \(2, 2\), heads \(2, 4\) is none of the sizes"):
         swinv2_weights.variant_of(40, (2, 2), (2, 4))
+
+
+def test_convert_cli_writes_an_hf_checkpoint_from_a_microsoft_file(tmp_path):
+    """python -m mim_jax.convert --format=hf_swinv2: a Microsoft SimMIM .pth -> an HF dir equal to the source model."""
+    import subprocess
+    import sys
+    hf = randomize(Swinv2ForMaskedImageModeling(hf_config(192, 12)), seed=4)
+    torch.save({"model": microsoft_state_dict(hf.state_dict(), simmim=True)}, tmp_path / "simmim.pth")
+    out = subprocess.run([sys.executable, "-m", "mim_jax.convert", f"--from={tmp_path / 'simmim.pth'}",
+                          "--format=hf_swinv2", f"--out={tmp_path / 'hf'}"], capture_output=True, text=True,
+                         check=False, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "swinv2_cpu, encoder + SimMIM head, 192 px, window 12" in out.stdout
+    back = Swinv2ForMaskedImageModeling.from_pretrained(tmp_path / "hf").state_dict()
+    for k, v in hf.state_dict().items():
+        np.testing.assert_array_equal(back[k].numpy(), v.numpy(), err_msg=k)

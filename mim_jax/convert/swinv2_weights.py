@@ -9,6 +9,7 @@ reordered from PixelShuffle's (channel, row, col) to our (row, col, channel).
 """
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -263,7 +264,6 @@ def save_hf(params: dict, encoder, out_dir: str) -> str:
     """Write our SwinV2 params as an HF checkpoint (config.json + model.safetensors): Swinv2ForMaskedImageModeling
     when params hold the SimMIM head, else Swinv2Model."""
     import json
-    import os
 
     from safetensors.numpy import save_file
     simmim = "head" in params
@@ -280,3 +280,28 @@ def save_hf(params: dict, encoder, out_dir: str) -> str:
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()},
               os.path.join(out_dir, "model.safetensors"))
     return out_dir
+
+
+def convert_to_hf(source: str, out_dir: str, image_size: int = 192, window_size: int = 12) -> str:
+    """A Microsoft SwinV2 / SimMIM .pth, an HF Swinv2 dir or a SwinV2 pretraining run -> an HF checkpoint dir."""
+    from mim_jax.models import swinv2
+    if os.path.isfile(os.path.join(source, "config.json")) and os.path.isdir(os.path.join(source, "checkpoints")):
+        import jax
+        import ml_collections
+
+        from mim_jax.parallel.sharding import logical_rules, make_mesh
+        from mim_jax.train.runs import load_run
+        mesh_cfg = ml_collections.ConfigDict({"shape": (1, 1, 1), "rules": ()})
+        run_cfg, model, params, _ = load_run(source, make_mesh(mesh_cfg, jax.devices()[:1]), logical_rules(mesh_cfg))
+        if not isinstance(getattr(model, "encoder", None), swinv2.SwinV2Encoder):
+            raise ConfigError(f"--from={source!r} is a run of model.family={run_cfg.model.get('family', 'vit')!r}; "
+                              f"--format=hf_swinv2 needs a SwinV2 run")
+        variant, params, encoder = run_cfg.model.variant, jax.device_get(params), model.encoder
+    else:
+        variant, params = load_swinv2_file(source)
+        s = swinv2.SWINV2_SIZES[variant]
+        encoder = swinv2.SwinV2Encoder(s.embed_dim, s.depths, s.heads, image_size, s.patch_size, window_size)
+    save_hf(params, encoder, out_dir)
+    parts = "encoder + SimMIM head" if "head" in params else "encoder"
+    return (f"{source} -> {out_dir} (HF Swinv2): {variant}, {parts}, {encoder.image_size} px, window "
+            f"{encoder.window_size}")

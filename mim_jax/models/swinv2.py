@@ -102,7 +102,7 @@ def relative_coords_table(window: int, pretrained_window: int) -> np.ndarray:
     """[(2w-1)^2, 2] log-spaced relative coordinates (SwinV2 CPB input), normalized by the pretrained window."""
     r = np.arange(-(window - 1), window, dtype=np.float64)
     table = np.stack(np.meshgrid(r, r, indexing="ij"), axis=-1)
-    if pretrained_window > 0:
+    if pretrained_window > 1:  # a 1-token pretraining window has no offsets to scale by (HF divides by 0 there)
         table = table / (pretrained_window - 1)
     elif window > 1:
         table = table / (window - 1)
