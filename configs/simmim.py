@@ -3,7 +3,9 @@
     --config=configs/simmim.py:model=B/16[,recipe=simmim|xie][,steps=125000|250000|500000]
 
 Arguments (comma separated key=value):
-  model   a ViT size: B/16 (default), L/16, H/14 (or a small size for tests)
+  model   a ViT size: B/16 (default), L/16, H/14 (or a small size for tests), or a SwinV2 size of Xie et al.
+          2023 Table 1: swinv2_s, swinv2_b, swinv2_l, swinv2_h, swinv2_g (patch 4, window 12, 192 px in both
+          recipes as in the SimMIM repo's SwinV2 configs; encoder stride 32 with a 1x1 conv to 32^2 x 3)
   recipe  simmim (Xie et al. 2022, SimMIM's ViT-B recipe: 224 px, 800 epochs of ImageNet-1K, 10 warmup epochs)
           xie    (Xie et al. 2023, "On Data Scaling in Masked Image Modeling", Table 1: 192 px, 6250 warmup
                  steps, 125K / 250K / 500K steps, window-normalized targets)
@@ -32,7 +34,13 @@ PAPER_SCALE = {
     "B/16": ("v5p:2x2x1", (-1, 1, 1), "save_dots"),
     "L/16": ("v5p:2x2x2", (1, -1, 1), "save_dots"),
     "H/14": ("v5p:2x2x4", (1, -1, 1), "save_dots"),
+    "swinv2_s": ("v5p:2x2x1", (-1, 1, 1), "save_dots"),
+    "swinv2_b": ("v5p:2x2x1", (-1, 1, 1), "save_dots"),
+    "swinv2_l": ("v5p:2x2x2", (1, -1, 1), "save_dots"),
+    "swinv2_h": ("v5p:2x2x4", (1, -1, 1), "save_dots"),
+    "swinv2_g": ("v5p:2x2x4", (1, -1, 1), "save_dots"),
 }
+SWIN_IMAGE, SWIN_WINDOW = 192, 12  # SimMIM's SwinV2 pretraining (img192_window12) and Xie et al. 2023
 
 
 def parse_arg(arg: str) -> dict:
@@ -52,7 +60,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     xie = args.get("recipe", "simmim") == "xie"
     c.model.image_size = 192 if xie else 224
     c.model.drop_path = 0.1
+    if c.model.variant.startswith("swinv2"):
+        c.model.family, c.model.image_size, c.model.window_size = "swinv2", SWIN_IMAGE, SWIN_WINDOW
     patch = int(c.model.variant.rsplit("/", 1)[1]) if "/" in c.model.variant else 16
+    if c.model.family == "swinv2":
+        patch = 4
     if xie and c.model.image_size % patch:
         raise ValueError(f"model={c.model.variant}: patch {patch} does not divide recipe=xie's 192 px; use a /16 "
                          f"model, or recipe=simmim (224 px, 28-px mask cells for /14)")

@@ -17,7 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective = "mae"               # a key of mim_jax.objectives.registry.OBJECTIVES; it reads its own block(s)
 
     c.model = ml_collections.ConfigDict()
-    c.model.variant = "B/16"          # key of mim_jax.models.vit.VIT_SIZES
+    c.model.family = "vit"            # vit | swinv2 (mim_jax.models.backbones; SwinV2 with objective=simmim)
+    c.model.variant = "B/16"          # key of vit.VIT_SIZES, or of swinv2.SWINV2_SIZES (swinv2_s .. swinv2_g)
     c.model.width = 0                 # 0 = from the size table; non-zero overrides it
     c.model.depth = 0
     c.model.heads = 0
@@ -28,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"            # none | full | save_dots
     c.model.attention = "xla"         # xla | cudnn (NVIDIA GPUs) | auto (jax picks; XLA in jax 0.10)
     c.model.scan_unroll = 1           # layers per scan iteration; >= depth unrolls the stacks (longer compile)
+    c.model.window_size = 0           # swinv2: attention window (0 = the size's, 12); stages no larger use their grid
+    c.model.pretrained_window_sizes = ()  # swinv2: per-stage windows of pretraining (CPB scale), e.g. (12, 12, 12, 6)
     c.model.drop_path = 0.0           # stochastic depth of the encoder's last block in pretraining (SimMIM: 0.1)
 
     c.data = ml_collections.ConfigDict()
@@ -187,6 +190,8 @@ def finetune_config(variant: str = "B/16") -> ml_collections.ConfigDict:
     e.auto_augment = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec on the host after crop + flip; "" = off
     e.random_erase_prob = 0.25
     e.ema_decay = 0.0                 # > 0: also evaluate an EMA of the weights
+    e.image_size = 0                  # swinv2: fine-tune at this size (0 = pretraining's), e.g. 224 from 192
+    e.window_size = 0                 # swinv2: and window (0 = pretraining's), e.g. 14 from 12
     e.eval_batch_size = 256
     e.num_workers = 0                 # grain worker processes for the train pipeline
     return e

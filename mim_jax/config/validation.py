@@ -10,6 +10,7 @@ from mim_jax import workdir as run_dirs
 from mim_jax.config.run_config import RENAMED
 from mim_jax.data import randaugment
 from mim_jax.errors import ConfigError
+from mim_jax.models import backbones
 from mim_jax.models.vit import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, VIT_SIZES
 from mim_jax.train.nonfinite import NONFINITE_POLICIES
 from mim_jax.train.optim import SCHEDULES
@@ -46,17 +47,21 @@ def check_renamed(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_model(model: ml_collections.ConfigDict) -> None:
-    """Check the encoder/decoder fields."""
-    require(model.variant in VIT_SIZES, "model.variant", model.variant, f"use one of {sorted(VIT_SIZES)}")
+    """Check the encoder/decoder fields (the backbone family checks its own size and geometry)."""
+    backbone = backbones.get(model)
+    if backbone.name != "vit":
+        require(model.mlp_dim == 0 and model.depth == 0, "model.depth", model.depth,
+                f"model.family={backbone.name!r} takes its depths from model.variant; leave model.depth and "
+                f"model.mlp_dim at 0")
+    require(backbone.name != "vit" or model.variant in VIT_SIZES, "model.variant", model.variant,
+            f"use one of {sorted(VIT_SIZES)}")
     require(model.dtype in DTYPES, "model.dtype", model.dtype, f"use one of {DTYPES}")
     require(model.remat in REMAT_POLICIES, "model.remat", model.remat, f"use one of {REMAT_POLICIES}")
     require(isinstance(model.scan_unroll, int) and model.scan_unroll >= 1, "model.scan_unroll", model.scan_unroll,
             "must be a positive integer (1 = a rolled scan; >= depth = fully unrolled)")
     require(model.attention in ATTENTION_IMPLEMENTATIONS, "model.attention", model.attention,
             f"use one of {tuple(ATTENTION_IMPLEMENTATIONS)}")
-    patch = model.patch_size or VIT_SIZES[model.variant].patch_size
-    require(model.image_size > 0 and model.image_size % patch == 0, "model.image_size", model.image_size,
-             f"must be a positive multiple of the patch size {patch}")
+    backbone.validate(model)
     for name in ("width", "depth", "heads", "mlp_dim", "patch_size"):
         require(model[name] >= 0, f"model.{name}", model[name], "use 0 (size table) or a positive integer")
     require(0.0 <= model.drop_path < 1.0, "model.drop_path", model.drop_path, "must lie in [0, 1), e.g. 0.1")

@@ -1,4 +1,5 @@
-"""CLI: python -m mim_jax.convert --from=CHECKPOINT --format=mim_jax|timm --out=FILE.safetensors.
+"""CLI: python -m mim_jax.convert --from=CHECKPOINT --format=mim_jax|timm --out=FILE.safetensors
+     python -m mim_jax.convert --from=SWINV2_PTH_OR_RUN --format=hf_swinv2 --out=DIR (an HF Swinv2 checkpoint).
 
 --from: a PyTorch checkpoint (read with weights_only=True or safetensors; layout detected from its keys),
 an HF model directory, a mim_jax-format file, or a pretraining workdir (RUN_DIR[/checkpoints/STEP]).
@@ -8,7 +9,7 @@ an HF model directory, a mim_jax-format file, or a pretraining workdir (RUN_DIR[
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 
@@ -29,11 +30,12 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(2)
 
 
-def run(argv: Optional[Sequence[str]] = None) -> None:
+def run(argv: Sequence[str] | None = None) -> None:
     """Define the flags and run (console entry point)."""
     flags.DEFINE_string("from", None, "checkpoint file, HF model directory, or pretraining workdir", required=True)
-    flags.DEFINE_string("out", None, "output .safetensors path", required=True)
-    flags.DEFINE_enum("format", "mim_jax", FORMATS, "mim_jax (params + architecture) or timm (encoder)")
+    flags.DEFINE_string("out", None, "output .safetensors path (hf_swinv2: a directory)", required=True)
+    flags.DEFINE_enum("format", "mim_jax", FORMATS, "mim_jax (params + architecture), timm (encoder), or hf_swinv2 "
+                      "(a SwinV2 file or run -> an HF Swinv2 directory)")
     flags.DEFINE_integer("heads", 0, "attention heads, when neither the file nor the size table tells")
     flags.DEFINE_integer("decoder_heads", 0, "MAE decoder heads when the file does not tell (default 16, as MAE)")
     flags.DEFINE_string("variant", "", "expected size (e.g. B/16): the checkpoint must match it")

@@ -17,7 +17,7 @@ from mim_jax.models.teachers import encoder_arch
 from mim_jax.parallel.sharding import logical_rules, make_mesh
 from mim_jax.train.runs import load_run
 
-FORMATS = ("mim_jax", "timm")
+FORMATS = ("mim_jax", "timm", "hf_swinv2")
 
 
 def is_run_dir(path: str) -> bool:
@@ -50,6 +50,9 @@ def convert(source: str, out: str, fmt: str, heads: int = 0, variant: str = "", 
     """Convert `source` to `out` in `fmt`; returns a one-line summary."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format={fmt!r}: use one of {FORMATS}")
+    if fmt == "hf_swinv2":  # a directory (config.json + model.safetensors), not one file
+        from mim_jax.convert.swinv2_weights import convert_to_hf
+        return convert_to_hf(source, out)
     if not out.endswith(".safetensors"):
         raise ConfigError(f"--out={out!r}: must end in .safetensors")
     arch, decoder, params = load_source(source, heads, variant, decoder_heads)

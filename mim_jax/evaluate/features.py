@@ -13,20 +13,24 @@ from mim_jax.parallel.sharding import global_batch, replicated, sharding_context
 POOLS = ("cls", "mean")
 
 
-def pool_tokens(tokens: jax.Array, pool: str) -> jax.Array:
-    """[B, 1+N, D] normed tokens -> [B, D]: the CLS token, or the mean of the patch tokens."""
-    if pool == "cls":
+def pool_tokens(tokens: jax.Array, pool: str, prefix_tokens: int = 1) -> jax.Array:
+    """[B, prefix+N, D] normed tokens -> [B, D]: the CLS token, or the mean of the patch tokens.
+
+    An encoder without a CLS token (prefix_tokens=0, SwinV2) is pooled globally for either setting.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r}; use one of {POOLS}")
+    if pool == "cls" and prefix_tokens:
         return tokens[:, 0]
-    if pool == "mean":
-        return tokens[:, 1:].mean(axis=1)
-    raise ValueError(f"pool={pool!r}; use one of {POOLS}")
+    return tokens[:, prefix_tokens:].mean(axis=1)
 
 
 def make_feature_fn(encoder: Encoder, pool: str, mesh, rules):
     """jit(params, batch) -> {features [B, D] float32, label, mask}, all gathered (replicated) on every device."""
     def features(params, batch):
         tokens = encoder.apply({"params": params}, normalize(batch["image"]))
-        return {"features": pool_tokens(tokens, pool).astype(jnp.float32), "label": batch["label"],
+        pooled = pool_tokens(tokens, pool, getattr(encoder, "prefix_tokens", 1))
+        return {"features": pooled.astype(jnp.float32), "label": batch["label"],
                 "mask": batch["mask"]}
 
     jitted = jax.jit(features, out_shardings=replicated(mesh))

@@ -38,7 +38,7 @@ CPU_SYNC_EVERY = 10
 
 
 class Classifier(nn.Module):
-    """Encoder (no final norm) -> mean of patch tokens -> fc_norm -> linear head."""
+    """Encoder (no final norm) -> mean of patch tokens (all tokens without a CLS) -> fc_norm -> linear head."""
     encoder: Encoder
     num_classes: int
 
@@ -46,7 +46,8 @@ class Classifier(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         """[B, H, W, 3] normalized images -> [B, num_classes] float32 logits."""
         tokens = self.encoder(images, train=train)
-        pooled = layer_norm(jnp.float32, "fc_norm")(tokens[:, 1:].mean(axis=1).astype(jnp.float32))
+        patches = tokens[:, getattr(self.encoder, "prefix_tokens", 1):]
+        pooled = layer_norm(jnp.float32, "fc_norm")(patches.mean(axis=1).astype(jnp.float32))
         head_init = nn.initializers.truncated_normal(HEAD_INIT_STD, lower=-2.0 / HEAD_INIT_STD,
                                                      upper=2.0 / HEAD_INIT_STD)  # timm: cut at +-2 absolute
         return nn.Dense(self.num_classes, name="head", kernel_init=partitioned(head_init, ("embed", "classes")),
@@ -131,8 +132,15 @@ class FinetuneState(train_state.TrainState):
     ema_params: Any = None
 
 
-def classifier_for(encoder: Encoder, num_classes: int, drop_path: float) -> Classifier:
-    """The fine-tuning model around a (pretraining) encoder definition."""
+def classifier_for(encoder: Encoder, num_classes: int, drop_path: float, image_size: int = 0,
+                   window_size: int = 0) -> Classifier:
+    """The fine-tuning model around a (pretraining) encoder definition, optionally at a new image / window size
+    (SwinV2: the CPB stays normalized by the pretraining windows, e.g. 192 px / window 12 -> 224 px / window 14)."""
+    if image_size or window_size:
+        if not hasattr(encoder, "at_resolution"):
+            raise ConfigError(f"eval.image_size={image_size} / eval.window_size={window_size}: only a SwinV2 "
+                              f"encoder fine-tunes at a new size here; leave both at 0 for this encoder")
+        encoder = encoder.at_resolution(image_size or encoder.image_size, window_size or encoder.window_size)
     return Classifier(encoder.clone(drop_path_rate=drop_path, final_norm=False, parent=None), num_classes)
 
 
@@ -234,13 +242,13 @@ def schedule_for(e, num_train: int) -> tuple[optax.Schedule, int, int]:
 def finetune_encoder(ctx, e) -> dict:
     """Fine-tune ctx's encoder on ctx's train split with recipe `e`; val top-1/top-5 (and of the EMA weights)."""
     num_train = pipeline.num_examples(ctx.dataset_dir, ctx.train_split)
-    model = classifier_for(ctx.model.encoder, ctx.num_classes, e.drop_path)
+    model = classifier_for(ctx.model.encoder, ctx.num_classes, e.drop_path, e.get("image_size", 0),
+                           e.get("window_size", 0))
     schedule, steps_per_epoch, total = schedule_for(e, num_train)
-    depth = model.encoder.depth
     abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(
         (1, model.encoder.image_size, model.encoder.image_size, 3)))["params"]))
-    tx = optim.finetune_optimizer(schedule, optim.layer_decay_scales(abstract, depth, e.layer_decay), e.b1, e.b2,
-                                  e.weight_decay)
+    tx = optim.finetune_optimizer(schedule, optim.encoder_layer_decay_scales(abstract, model.encoder, e.layer_decay),
+                                  e.b1, e.b2, e.weight_decay)
     state = init_state(model, tx, ctx.params["encoder"], ctx.mesh, ctx.rules, ctx.seed)
     train_step = make_train_step(model, e, schedule, ctx.seed, ctx.mesh, ctx.rules)
     batches = finetune_batches(ctx, e, model.encoder.image_size)

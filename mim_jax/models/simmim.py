@@ -66,15 +66,19 @@ def sample_masks(key: jax.Array, batch_size: int, image_size: int, mask_patch_si
 
 
 class SimMIM(nn.Module):
-    """Encoder (with mask token) + linear pixel head. `__call__(images, mask)` -> dict(reconstruction, mask)."""
+    """Encoder (with mask token) + linear pixel head. `__call__(images, mask)` -> dict(reconstruction, mask).
+
+    The encoder is any backbone (mim_jax.models.backbones) with `prefix_tokens` (dropped before the head) and
+    `output_stride` (pixels per output token side: the ViT patch, or SwinV2's 32).
+    """
     encoder: Encoder
 
     @nn.compact
     def __call__(self, images: jax.Array, mask: jax.Array, train: bool = False) -> dict:
         """images [B, S, S, 3], mask [B, N] (1 = masked) -> reconstruction [B, S, S, 3] (fp32) and the mask."""
-        p = self.encoder.patch_size
-        tokens = self.encoder(images, token_mask=mask, train=train)[:, 1:]
-        # SimMIM's decoder, a 1x1 conv to p*p*3 channels + PixelShuffle(p), is this Dense per patch token; its
+        p = self.encoder.output_stride
+        tokens = self.encoder(images, token_mask=mask, train=train)[:, self.encoder.prefix_tokens:]
+        # SimMIM's decoder, a 1x1 conv to p*p*3 channels + PixelShuffle(p), is this Dense per output token; its
         # outputs are in our patch order (row, col, channel) (see unpatchify).
         pred = nn.Dense(p * p * 3, dtype=self.encoder.dtype, name="head",
                         kernel_init=partitioned(nn.initializers.truncated_normal(HEAD_INIT_STD), ("embed", "patch")),

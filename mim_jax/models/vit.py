@@ -293,6 +293,16 @@ class Encoder(nn.Module):
         """Patches per side."""
         return self.image_size // self.patch_size
 
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patch tokens in the output: the CLS token."""
+        return 1
+
+    @property
+    def output_stride(self) -> int:
+        """Pixels per output token side (the patch size)."""
+        return self.patch_size
+
     @nn.compact
     def __call__(self, images: jax.Array, keep_ids: Optional[jax.Array] = None, train: bool = False,
                  token_mask: Optional[jax.Array] = None) -> jax.Array:

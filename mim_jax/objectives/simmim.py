@@ -12,14 +12,13 @@ import ml_collections
 
 from mim_jax.data.transforms import normalize
 from mim_jax.errors import ConfigError
-from mim_jax.models import flops
+from mim_jax.models import backbones, flops
 from mim_jax.models.simmim import (
     SimMIM,
     sample_masks,
     upsample_grid_mask,
     validate_mask_geometry,
 )
-from mim_jax.models.vit import encoder_from_config, resolve_dims
 from mim_jax.objectives.base import Objective
 
 WINDOW_NORM_EPS = 1e-6
@@ -89,8 +88,8 @@ def config_block() -> ml_collections.ConfigDict:
 
 
 def build_model(config, unroll: bool = False) -> SimMIM:
-    """The SimMIM (encoder with mask token + linear pixel head) of `config.model`."""
-    return SimMIM(encoder=encoder_from_config(config.model, unroll=unroll))
+    """The SimMIM (encoder with mask token + linear pixel head) of `config.model` (any backbone family)."""
+    return SimMIM(encoder=backbones.build_encoder(config.model, unroll=unroll))
 
 
 def init_inputs(model: SimMIM, config) -> tuple:
@@ -120,18 +119,19 @@ def make_loss(model: SimMIM, config, frozen=None):
 
 
 def flops_per_example(config) -> float:
-    """3x the forward: the encoder on all 1+N tokens and the linear head on the N patch tokens."""
-    dims = resolve_dims(config.model)
-    n = (config.model.image_size // dims["patch_size"]) ** 2
-    head = flops.matmul_flops(n, dims["patch_size"] ** 2 * 3, dims["width"])
-    return 3.0 * (flops.vit_forward_flops_per_example(config.model) + head)
+    """3x the forward: the encoder on all tokens and the linear head on the output tokens (stride^2 x 3 each)."""
+    backbone = backbones.get(config.model)
+    stride = backbone.output_stride(config.model)
+    n = (config.model.image_size // stride) ** 2
+    head = flops.matmul_flops(n, stride ** 2 * 3, backbone.output_width(config.model))
+    return 3.0 * (backbone.forward_flops(config.model) + head)
 
 
 def validate(config, check_paths: bool = True) -> None:
     """Check config.simmim against the model's image and patch size."""
     s = config.simmim
-    validate_mask_geometry(config.model.image_size, resolve_dims(config.model)["patch_size"], s.mask_patch_size,
-                           s.mask_ratio)
+    validate_mask_geometry(config.model.image_size, backbones.get(config.model).patch_size(config.model),
+                           s.mask_patch_size, s.mask_ratio)
     validate_norm_window(s.norm_target_window)
 
 

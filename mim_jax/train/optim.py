@@ -98,6 +98,19 @@ def layer_decay_scales(params: Any, depth: int, decay: float) -> Any:
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
+def scales_from_layer_ids(ids: Any, top: int, decay: float) -> Any:
+    """decay ** (top - id) per leaf of `ids` (ints, or arrays of ids for scanned rows), float32."""
+    return jax.tree.map(lambda i: jnp.asarray(decay ** (top - np.asarray(i, np.float64)), jnp.float32), ids)
+
+
+def encoder_layer_decay_scales(params: Any, encoder, decay: float) -> Any:
+    """Layer-wise lr decay of a fine-tuning tree around `encoder`: its own `layer_ids` (SwinV2: SimMIM's mapping
+    over stages) when it has them, else the ViT rule of `layer_decay_scales`."""
+    if hasattr(encoder, "layer_ids"):
+        return scales_from_layer_ids(*encoder.layer_ids(params), decay)
+    return layer_decay_scales(params, encoder.depth, decay)
+
+
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
     """Multiply each update leaf by the matching (broadcastable) leaf of `scales`; stateless."""
     def update(updates, state, params=None):

@@ -24,7 +24,9 @@ from mim_jax.train.state import abstract_train_state, create_train_state
 from mim_jax.train.step import batch_shardings, make_train_step
 
 # Model fields that do not change parameter shapes (a checkpoint restores across them).
-SHAPE_FREE_MODEL_FIELDS = ("dtype", "remat", "drop_path", "attention", "scan_unroll")
+# family: variant names are unique across families; window sizes: SwinV2's params do not depend on them.
+SHAPE_FREE_MODEL_FIELDS = ("dtype", "remat", "drop_path", "attention", "scan_unroll", "family", "window_size",
+                           "pretrained_window_sizes")
 
 
 @dataclasses.dataclass
