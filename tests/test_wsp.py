@@ -194,13 +194,14 @@ def test_sample_is_the_same_on_one_and_eight_devices():
         np.testing.assert_array_equal(np.asarray(one[name]), np.asarray(eight[name]))
 
 
-def run_steps(mesh_shape, devices, sgd, num_steps=3):
+def run_steps(mesh_shape, devices, sgd, num_steps=3, mixup=0.0):
     """Losses and final params of `num_steps` WSP steps (label sets with padding and an empty set)."""
     c = wsp_config()
     c.model.update(dict(depth=2))
     c.data.global_batch_size = BATCH
     c.optim.update(dict(base_lr=3e-2, warmup_steps=1))
     c.wsp.label_smoothing = 0.1
+    c.wsp.mixup = mixup
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=c.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg, devices), logical_rules(mesh_cfg)
     model = wsp.build_model(c)
@@ -240,6 +241,18 @@ def test_class_sharded_head_equals_one_device(reference_runs, mesh_shape):
     np.testing.assert_allclose(sgd, reference_runs[True][0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params,
                  reference_runs[True][1])
+
+
+@pytest.mark.slow
+@pytest.mark.fake_devices
+def test_mixup_step_on_a_mesh_equals_one_device():
+    """Mixup's permutation gathers images and label sets across the batch-sharded devices: the (2,2,2) mesh gives
+    the 1-device AdamW losses, and they differ from the unmixed run's."""
+    one = run_steps((1, 1, 1), jax.devices()[:1], sgd=False, mixup=0.5)[0]
+    mesh = run_steps((2, 2, 2), jax.devices(), sgd=False, mixup=0.5)[0]
+    np.testing.assert_allclose(mesh, one, rtol=1e-5)
+    plain = run_steps((1, 1, 1), jax.devices()[:1], sgd=False)[0]
+    assert abs(one[0] - plain[0]) > 1e-3
 
 
 @pytest.fixture(scope="module")
