@@ -331,7 +331,6 @@ def test_a_wider_init_from_is_one_line_naming_it(tmp_path):
     ("wsp.pos_embed", "rope", "wsp.pos_embed='rope': use one of ('learned', 'sincos')"),
     ("wsp.mixup", -0.5, "wsp.mixup=-0.5: is the mixup alpha: >= 0 (0 = off)"),
     ("wsp.mixup_prob", 1.5, "wsp.mixup_prob=1.5: must lie in [0, 1]"),
-    ("data.auto_augment", "rand-x9", "data.auto_augment='rand-x9': unknown section 'x9'"),
     ("init_from_subtree", "", "init_from_subtree='': WSP loads the encoder only"),
 ])
 def test_bad_wsp_input_names_the_field(field, value, message, tmp_path):
