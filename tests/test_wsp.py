@@ -382,11 +382,13 @@ def tiny_multi_label_dataset(tmp_path_factory) -> str:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("labels", ["single", "multi"])
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(labels, request, tmp_path):
-    """A WSP run (one-element sets, or label sets of up to 4 tags) killed between checkpoints and re-run logs every
-    step with the uninterrupted run's loss."""
+    """A WSP run (one-element sets with in21k's RandAugment and mixup, or label sets of up to 4 tags) killed
+    between checkpoints and re-run logs every step with the uninterrupted run's loss."""
     dataset = request.getfixturevalue("tiny_dataset" if labels == "single" else "tiny_multi_label_dataset")
     config = wsp_config(dataset, total_steps=16)
     config.data.max_labels = 0 if labels == "single" else 4
+    if labels == "single":
+        config.data.auto_augment, config.wsp.mixup = "rand-m9-n2", 0.5
     config.model.drop_path = 0.1
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False
@@ -462,10 +464,11 @@ def test_flops_count_the_encoder_on_all_tokens_and_the_head():
 @pytest.mark.slow
 @pytest.mark.tpu_compile
 def test_tiny_wsp_step_plans_on_a_tpu_slice_with_label_sets():
-    """The WSP step (label sets in the batch, 1000 classes split over 'tensor') compiles for v5p:2x2x1 and fits."""
+    """The WSP step (label sets in the batch, 1000 classes split over 'tensor', mixup's draws and gathers) compiles
+    for v5p:2x2x1 and fits."""
     from mim_jax.cluster import plan
     c = wsp_config()
-    c.wsp.num_classes = 1000
+    c.wsp.num_classes, c.wsp.mixup = 1000, 0.5
     c.mesh.shape = (1, 2, 2)
     report = plan.plan(c, plan.parse_topology("v5p:2x2x1"))
     assert report.fits and report.devices == 4
