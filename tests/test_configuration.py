@@ -54,6 +54,8 @@ def test_unknown_recipe_is_named():
     ("data.source", "s3", "data.source='s3'"),
     ("data.crop_scale", (0.5, 0.2), "data.crop_scale=(0.5, 0.2)"),
     ("data.max_labels", -1, "data.max_labels=-1: must be an integer >= 0"),
+    ("data.auto_augment", "rand-x9", "data.auto_augment='rand-x9': unknown section 'x9'"),
+    ("data.auto_augment", "autoaug", "data.auto_augment='autoaug': only RandAugment ('rand-...') is supported"),
     ("ckpt.every_steps", 0, "ckpt.every_steps=0"),
     ("evals.linear_probe.pool", "max", "evals.linear_probe.pool='max'"),
     ("optim.nonfinite", "ignore", "optim.nonfinite='ignore': use one of ('stop', 'skip')"),

@@ -317,3 +317,29 @@ def test_truncation_is_counted(multi_label_dataset, caplog):
 def test_padded_label_sets_do_not_depend_on_workers(multi_label_dataset):
     reference = _train(multi_label_dataset, 3, start_step=1, max_labels=3)
     _assert_same(_train(multi_label_dataset, 3, start_step=1, max_labels=3, num_workers=2), reference)
+
+
+def _pretrain(dataset, start_step, n, **data):
+    """n batches of the pretraining loop's input (train.loop.pretrain_batches) from start_step on."""
+    from conftest import tiny_pretrain_config
+    from mim_jax.train import loop
+    c = tiny_pretrain_config(dataset)
+    c.data.update({"global_batch_size": 10, **data})
+    return _take(loop.pretrain_batches(c, dataset, start_step), n)
+
+
+def test_pretraining_randaugment_changes_images_but_not_order_and_resumes(dataset):
+    """data.auto_augment reaches the pretraining batches: same labels (same shuffle), other pixels; the batch of a
+    step is the same when the loop resumes there."""
+    plain = _pretrain(dataset, 0, 3)
+    augmented = _pretrain(dataset, 0, 3, auto_augment="rand-m9-n2")
+    for a, b in zip(plain, augmented):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        assert a["image"].shape == b["image"].shape and np.mean(a["image"] != b["image"]) > 0.1
+    _assert_same(_pretrain(dataset, 2, 1, auto_augment="rand-m9-n2"), augmented[2:])
+
+
+@pytest.mark.slow
+def test_pretraining_randaugment_does_not_depend_on_workers(dataset):
+    reference = _pretrain(dataset, 1, 2, auto_augment="rand-m9-n2")
+    _assert_same(_pretrain(dataset, 1, 2, auto_augment="rand-m9-n2", num_workers=2), reference)

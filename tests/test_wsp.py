@@ -76,6 +76,37 @@ def test_single_label_batches_are_one_element_sets():
     np.testing.assert_allclose(float(value), ref, rtol=1e-6)
 
 
+def numpy_mixed_wsp_loss(logits, labels, num_classes, eps, lam, perm):
+    """float64 reference of mixup: T_i = smoothed set / |set| (0 for an empty set), t_i = lam T_i + (1 - lam)
+    T_perm(i), loss = sum_i -t_i . log softmax(z_i) / (number of labelled rows)."""
+    logits = np.asarray(logits, np.float64)[:, :num_classes]
+    dists = np.zeros((len(labels), num_classes))
+    for row, ids in enumerate(np.asarray(labels)):
+        ids = sorted({int(i) for i in ids if 0 <= i < num_classes})
+        if ids:
+            dists[row, ids] = 1.0 / len(ids)
+            dists[row] = (1 - eps) * dists[row] + eps / num_classes
+    targets = lam * dists + (1 - lam) * dists[np.asarray(perm)]
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    labelled = int((dists.sum(1) > 0).sum())
+    return -(targets * log_p).sum() / labelled, labelled
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_mixed_soft_target_cross_entropy_matches_float64_numpy(eps):
+    """lam = 0.3 and a fixed permutation that pairs the empty set (row 3) with a labelled row and vice versa."""
+    logits = np.random.default_rng(3).normal(size=(6, padded_classes(CLASSES))).astype(np.float32) * 3
+    lam, perm = np.float32(0.3), np.array([3, 0, 5, 1, 2, 4], np.int32)
+    value, rows = wsp.soft_target_cross_entropy(logits, LABEL_SETS, CLASSES, eps, (lam, perm))
+    ref, ref_rows = numpy_mixed_wsp_loss(logits, LABEL_SETS, CLASSES, eps, 0.3, perm)
+    assert float(rows) == ref_rows == 5
+    np.testing.assert_allclose(float(value), ref, rtol=1e-6)
+    np.testing.assert_allclose(float(wsp.soft_target_cross_entropy(logits, LABEL_SETS, CLASSES, eps,
+                                                                   (np.float32(1.0), perm))[0]),
+                               numpy_wsp_loss(logits, LABEL_SETS, CLASSES, eps)[0], rtol=1e-6)
+
+
 def wsp_config(dataset="", **kw):
     c = tiny_pretrain_config(dataset, objective="wsp", **kw)
     c.wsp.num_classes = CLASSES
@@ -93,13 +124,84 @@ def test_model_has_a_padded_class_head_with_logical_axes():
     assert "pos_embed" not in build_program(c, make_mesh(c.mesh, jax.devices()[:1])).abstract_state.params["encoder"]
 
 
-def run_steps(mesh_shape, devices, sgd, num_steps=3):
+def test_mixed_loss_at_lam_one_equals_the_unmixed_loss_and_images_mix_linearly():
+    c = wsp_config()
+    c.data.global_batch_size = 6
+    model = wsp.build_model(c)
+    params = model.init(jax.random.key(0), *wsp.init_inputs(model, c))["params"]
+    rng = np.random.default_rng(4)
+    batch = {"image": rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), "label": np.zeros(6, np.int32),
+             "labels": LABEL_SETS}
+    perm = np.array([5, 4, 3, 2, 1, 0], np.int32)
+    loss = wsp.make_loss(model, c)
+    plain = float(loss(params, batch, None)[0])
+    mixed_one = float(loss(params, {**batch, "mix_lam": np.ones(6, np.float32), "mix_perm": perm}, None)[0])
+    assert mixed_one == pytest.approx(plain, rel=1e-6)
+    x = rng.normal(size=(6, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(wsp.mix_images(x, np.float32(0.25), perm), 0.25 * x + 0.75 * x[perm], rtol=1e-6)
+    # lam < 1: the loss sees the mixed images (the model applied to them) and the mixed targets
+    lam = np.float32(0.25)
+    logits = model.apply({"params": params}, wsp.mix_images(wsp.normalize(batch["image"]), lam, perm))
+    ref, _ = numpy_mixed_wsp_loss(logits, LABEL_SETS, CLASSES, 0.0, 0.25, perm)
+    mixed = float(loss(params, {**batch, "mix_lam": np.full(6, lam), "mix_perm": perm}, None)[0])
+    assert mixed == pytest.approx(ref, rel=1e-5)
+
+
+def mixup_config(alpha=0.5, prob=1.0, accum=1):
+    c = wsp_config()
+    c.wsp.mixup, c.wsp.mixup_prob = alpha, prob
+    c.optim.grad_accum_steps = accum
+    return c
+
+
+def test_sample_draws_one_beta_lambda_and_a_global_permutation():
+    """Same (seed, step) -> same draws; lam's mean and variance over 4000 steps against Beta(a, a):
+    1/2 and 1 / (4 (2a + 1)); mixup_prob = 0 gives lam = 1; alpha = 0 draws nothing."""
+    c = mixup_config(alpha=0.5)
+    draw = jax.jit(lambda step: wsp.sample(None, c, jax.random.fold_in(jax.random.key(0), step), 16))
+    first, again, other = draw(7), draw(7), draw(8)
+    np.testing.assert_array_equal(first["mix_perm"], again["mix_perm"])
+    assert float(first["mix_lam"][0]) == float(again["mix_lam"][0]) != float(other["mix_lam"][0])
+    assert np.all(np.asarray(first["mix_lam"]) == first["mix_lam"][0])  # one lambda per batch (timm 'batch')
+    assert sorted(np.asarray(first["mix_perm"]).tolist()) == list(range(16))
+    lams = np.asarray(jax.vmap(lambda s: draw(s)["mix_lam"][0])(np.arange(4000)), np.float64)
+    assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - 1 / (4 * 2.0)) < 0.01
+    off = jax.jit(lambda k: wsp.sample(None, mixup_config(prob=0.0), k, 16))(jax.random.key(1))
+    assert np.all(np.asarray(off["mix_lam"]) == 1.0)
+    assert wsp.sample(None, mixup_config(alpha=0.0), jax.random.key(1), 16) == {}
+
+
+def test_with_grad_accumulation_partners_stay_in_the_micro_batch():
+    """train.step splits rows a, a + A, ...: every micro-batch's partner indices are a permutation of its rows."""
+    from mim_jax.train.step import split_micro_batches
+    draws = wsp.sample(None, mixup_config(accum=4), jax.random.key(2), 16)
+    for micro in np.asarray(split_micro_batches(draws["mix_perm"], 4)):
+        assert sorted(micro.tolist()) == list(range(4))
+
+
+@pytest.mark.fake_devices
+def test_sample_is_the_same_on_one_and_eight_devices():
+    """The draws over the global batch, computed on an (8,1,1) mesh with batch-sharded outputs, equal 1 device."""
+    from jax.sharding import NamedSharding, PartitionSpec
+    c = mixup_config()
+    key = jax.random.fold_in(jax.random.key(0), 3)
+    one = jax.jit(lambda k: wsp.sample(None, c, k, BATCH))(key)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    out = NamedSharding(mesh, PartitionSpec("data"))
+    eight = jax.jit(lambda k: wsp.sample(None, c, k, BATCH), out_shardings={"mix_lam": out, "mix_perm": out})(key)
+    assert len(eight["mix_perm"].sharding.device_set) == 8
+    for name in one:
+        np.testing.assert_array_equal(np.asarray(one[name]), np.asarray(eight[name]))
+
+
+def run_steps(mesh_shape, devices, sgd, num_steps=3, mixup=0.0):
     """Losses and final params of `num_steps` WSP steps (label sets with padding and an empty set)."""
     c = wsp_config()
     c.model.update(dict(depth=2))
     c.data.global_batch_size = BATCH
     c.optim.update(dict(base_lr=3e-2, warmup_steps=1))
     c.wsp.label_smoothing = 0.1
+    c.wsp.mixup = mixup
     mesh_cfg = ml_collections.ConfigDict(dict(shape=mesh_shape, rules=c.mesh.rules))
     mesh, rules = make_mesh(mesh_cfg, devices), logical_rules(mesh_cfg)
     model = wsp.build_model(c)
@@ -139,6 +241,18 @@ def test_class_sharded_head_equals_one_device(reference_runs, mesh_shape):
     np.testing.assert_allclose(sgd, reference_runs[True][0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params,
                  reference_runs[True][1])
+
+
+@pytest.mark.slow
+@pytest.mark.fake_devices
+def test_mixup_step_on_a_mesh_equals_one_device():
+    """Mixup's permutation gathers images and label sets across the batch-sharded devices: the (2,2,2) mesh gives
+    the 1-device AdamW losses, and they differ from the unmixed run's."""
+    one = run_steps((1, 1, 1), jax.devices()[:1], sgd=False, mixup=0.5)[0]
+    mesh = run_steps((2, 2, 2), jax.devices(), sgd=False, mixup=0.5)[0]
+    np.testing.assert_allclose(mesh, one, rtol=1e-5)
+    plain = run_steps((1, 1, 1), jax.devices()[:1], sgd=False)[0]
+    assert abs(one[0] - plain[0]) > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +329,8 @@ def test_a_wider_init_from_is_one_line_naming_it(tmp_path):
     ("wsp.num_classes", 0, "wsp.num_classes=0: must be the size of the label vocabulary"),
     ("wsp.label_smoothing", 1.0, "wsp.label_smoothing=1.0: must lie in [0, 1)"),
     ("wsp.pos_embed", "rope", "wsp.pos_embed='rope': use one of ('learned', 'sincos')"),
+    ("wsp.mixup", -0.5, "wsp.mixup=-0.5: is the mixup alpha: >= 0 (0 = off)"),
+    ("wsp.mixup_prob", 1.5, "wsp.mixup_prob=1.5: must lie in [0, 1]"),
     ("init_from_subtree", "", "init_from_subtree='': WSP loads the encoder only"),
 ])
 def test_bad_wsp_input_names_the_field(field, value, message, tmp_path):
@@ -266,11 +382,13 @@ def tiny_multi_label_dataset(tmp_path_factory) -> str:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("labels", ["single", "multi"])
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(labels, request, tmp_path):
-    """A WSP run (one-element sets, or label sets of up to 4 tags) killed between checkpoints and re-run logs every
-    step with the uninterrupted run's loss."""
+    """A WSP run (one-element sets with in21k's RandAugment and mixup, or label sets of up to 4 tags) killed
+    between checkpoints and re-run logs every step with the uninterrupted run's loss."""
     dataset = request.getfixturevalue("tiny_dataset" if labels == "single" else "tiny_multi_label_dataset")
     config = wsp_config(dataset, total_steps=16)
     config.data.max_labels = 0 if labels == "single" else 4
+    if labels == "single":
+        config.data.auto_augment, config.wsp.mixup = "rand-m9-n2", 0.5
     config.model.drop_path = 0.1
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False
@@ -326,6 +444,10 @@ def test_recipes_follow_maws_tables_11_and_13():
     assert float(optim.learning_rate_schedule(i21.optim, 4096, i21.total_steps)(i21.optim.warmup_steps)) == \
         pytest.approx(1e-3)
     assert (i21.optim.weight_decay, i21.optim.grad_clip_norm, i21.data.get("max_labels", 0)) == (0.1, 1.0, 0)
+    from mim_jax.data.randaugment import RandAugmentSpec, parse_spec
+    assert parse_spec(i21.data.auto_augment) == RandAugmentSpec(magnitude=9.0, num_ops=2)  # RandAugment (2, 9)
+    assert (i21.wsp.mixup, i21.wsp.mixup_prob) == (0.5, 1.0)
+    assert (b.data.auto_augment, b.wsp.mixup) == ("", 0.0)  # Table 11 has neither
 
 
 def test_flops_count_the_encoder_on_all_tokens_and_the_head():
@@ -342,10 +464,11 @@ def test_flops_count_the_encoder_on_all_tokens_and_the_head():
 @pytest.mark.slow
 @pytest.mark.tpu_compile
 def test_tiny_wsp_step_plans_on_a_tpu_slice_with_label_sets():
-    """The WSP step (label sets in the batch, 1000 classes split over 'tensor') compiles for v5p:2x2x1 and fits."""
+    """The WSP step (label sets in the batch, 1000 classes split over 'tensor', mixup's draws and gathers) compiles
+    for v5p:2x2x1 and fits."""
     from mim_jax.cluster import plan
     c = wsp_config()
-    c.wsp.num_classes = 1000
+    c.wsp.num_classes, c.wsp.mixup = 1000, 0.5
     c.mesh.shape = (1, 2, 2)
     report = plan.plan(c, plan.parse_topology("v5p:2x2x1"))
     assert report.fits and report.devices == 4

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.crop_ratio = (3 / 4, 4 / 3)
     c.data.num_workers = 0            # grain worker processes per host (0 = in the main process)
     c.data.max_labels = 0             # > 0: batches carry 'labels' int32 [B, max_labels], label sets padded with -1
+    c.data.auto_augment = ""          # timm RandAugment spec on the host after crop + flip (e.g. rand-m9-n2); "" = off
     c.data.synthetic = ml_collections.ConfigDict(dict(num_train=20_000, num_val=2_500, image_size=72, seed=0,
                                                       multi_label=False))  # True: several shapes, tags per image
     c.data.subset = subset_config()

@@ -80,6 +80,7 @@ def validate_data(data: ml_collections.ConfigDict, check_path: bool = True) -> N
     require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be >= 0")
     require(isinstance(data.max_labels, int) and data.max_labels >= 0, "data.max_labels", data.max_labels,
             "must be an integer >= 0 (0 = no label sets in batches; e.g. 16 for web tags)")
+    randaugment.parse_spec(data.get("auto_augment", ""), "data.auto_augment")
     validate_subset(data.subset)
 
 

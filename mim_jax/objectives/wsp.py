@@ -2,9 +2,18 @@
 
 Each image carries a label set L (the batch's `labels` [B, M] int32, padded with -1; a single-label dataset's
 `label` [B] is a one-element set). The target is L / |L| over the classes, optionally smoothed to
-(1 - eps) * L / |L| + eps / C, and the loss is the softmax cross-entropy against it. Images with an empty label
-set contribute nothing: the loss is the mean over the labelled images of the batch (0 when none is). The
-multi-hot is built on device from the padded ids, sharded over the class axis like the logits.
+(1 - eps) * L / |L| + eps / C, and the loss is the softmax cross-entropy against it. An empty label set has
+target 0 (zero mass): such an image contributes nothing, and the loss is the sum of the row losses over the
+number of labelled images of the batch (0 when none is). The multi-hot is built on device from the padded ids,
+sharded over the class axis like the logits.
+
+Mixup (wsp.mixup = alpha > 0; timm Mixup, batch mode: one lambda per batch, applied with probability
+wsp.mixup_prob): `sample` draws lam ~ Beta(alpha, alpha) and a permutation `perm` from the step key over the
+global batch; the loss mixes images lam * x + (1 - lam) * x[perm] and targets lam * T + (1 - lam) * T[perm]. With
+zero-mass empty sets, a row mixing a labelled and an unlabelled image keeps only the labelled one's share of the
+target, and since `perm` is a bijection the total target mass is still the number of labelled images: the loss
+at lam = 1 is the unmixed loss. With optim.grad_accum_steps = A > 1 each micro-batch (rows a, a + A, ...) is
+permuted within itself (a row's partner must be in the same micro-batch); the draws never depend on the mesh.
 """
 from __future__ import annotations
 
@@ -34,6 +43,8 @@ def config_block() -> ml_collections.ConfigDict:
     b.num_classes = 0                 # size of the label vocabulary (MAWS: ~28K synsets); required
     b.label_smoothing = 0.0           # eps: targets (1 - eps) * L / |L| + eps / num_classes
     b.pos_embed = "learned"           # learned (MAWS, timm ViT) | sincos (MAE's fixed table)
+    b.mixup = 0.0                     # mixup alpha: lam ~ Beta(alpha, alpha) per batch; 0 = off (MAWS in21k: 0.5)
+    b.mixup_prob = 1.0                # probability of mixing a batch (timm mix_prob); otherwise lam = 1
     return b
 
 
@@ -52,23 +63,36 @@ def label_sets(batch: dict) -> jax.Array:
     return batch["label"].astype(jnp.int32)[:, None]
 
 
-def soft_target_cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
-                              label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
-    """(mean CE over labelled rows, number of labelled rows) of logits [B, C'] (C' >= C; columns >= C are padding)
-    against the normalized label sets, smoothed by `label_smoothing`; fp32."""
-    logits = logits.astype(jnp.float32)
-    valid = jnp.arange(logits.shape[1]) < num_classes
-    logits = jnp.where(valid, logits, PADDING_LOGIT)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    hot = nn.with_logical_constraint(multi_hot(labels, logits.shape[1]) * valid, ("batch", "act_classes"))
+def label_targets(labels: jax.Array, num_columns: int, num_classes: int,
+                  label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """(targets [B, num_columns], labelled [B]): (1 - eps) * L / |L| + eps / C over the first num_classes columns
+    for a non-empty set, all zeros (zero mass) for an empty one; fp32."""
+    valid = jnp.arange(num_columns) < num_classes
+    hot = nn.with_logical_constraint(multi_hot(labels, num_columns) * valid, ("batch", "act_classes"))
     count = hot.sum(axis=-1, keepdims=True)
+    labelled = (count > 0).astype(jnp.float32)
     targets = hot / jnp.maximum(count, 1.0)
     if label_smoothing:
-        targets = (1.0 - label_smoothing) * targets + label_smoothing * valid / num_classes
+        targets = (1.0 - label_smoothing) * targets + label_smoothing * labelled * valid / num_classes
+    return targets, labelled[:, 0]
+
+
+def soft_target_cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0,
+                              mix: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+    """(CE summed over rows / number of labelled rows, number of labelled rows) of logits [B, C'] (C' >= C; columns
+    >= C are padding) against the normalized, smoothed label sets; `mix` = (lam, perm [B]) mixes the targets
+    lam * T + (1 - lam) * T[perm] (the images must be mixed the same way); fp32."""
+    logits = logits.astype(jnp.float32)
+    valid = jnp.arange(logits.shape[1]) < num_classes
+    log_probs = jax.nn.log_softmax(jnp.where(valid, logits, PADDING_LOGIT), axis=-1)
+    targets, labelled = label_targets(labels, logits.shape[1], num_classes, label_smoothing)
+    if mix is not None:
+        lam, perm = mix
+        partner, _ = label_targets(labels[perm], logits.shape[1], num_classes, label_smoothing)  # gathers the ids
+        targets = lam * targets + (1.0 - lam) * partner
     per_row = -jnp.sum(jnp.where(valid, targets * log_probs, 0.0), axis=-1)
-    labelled = (count[:, 0] > 0).astype(jnp.float32)
     n = labelled.sum()
-    return jnp.sum(per_row * labelled) / jnp.maximum(n, 1.0), n
+    return jnp.sum(per_row) / jnp.maximum(n, 1.0), n
 
 
 def build_model(config, unroll: bool = False) -> WSPClassifier:
@@ -83,9 +107,33 @@ def init_inputs(model: WSPClassifier, config) -> tuple:
     return (jnp.zeros((1, size, size, 3), jnp.float32),)
 
 
+MIX_LAM_STREAM, MIX_PERM_STREAM, MIX_APPLY_STREAM = 11, 12, 13  # fold_in(step key, .) for mixup's draws
+
+
 def sample(model: WSPClassifier, config, key: jax.Array, batch_size: int) -> dict:
-    """WSP draws no per-example randomness besides drop path (which comes from the step's dropout rng)."""
-    return {}
+    """Mixup's draws of one step over the global batch: {'mix_lam' [B] (one lambda, repeated so micro-batches
+    split it), 'mix_perm' [B] (each row's partner, an index into its micro-batch)}; {} with mixup off."""
+    alpha, prob = config.wsp.get("mixup", 0.0), config.wsp.get("mixup_prob", 1.0)
+    if alpha <= 0:
+        return {}
+    lam = jax.random.beta(jax.random.fold_in(key, MIX_LAM_STREAM), alpha, alpha)
+    applied = jax.random.uniform(jax.random.fold_in(key, MIX_APPLY_STREAM)) < prob
+    lam = jnp.where(applied, lam, 1.0).astype(jnp.float32)
+    return {"mix_lam": jnp.full((batch_size,), lam), "mix_perm": micro_batch_permutation(
+        jax.random.fold_in(key, MIX_PERM_STREAM), batch_size, config.optim.get("grad_accum_steps", 1))}
+
+
+def micro_batch_permutation(key: jax.Array, batch_size: int, micro_batches: int) -> jax.Array:
+    """[B] int32: row a + A * j (micro-batch a, position j; train.step's strided split) gets a partner position
+    in micro-batch a; for A = 1 a permutation of the global batch."""
+    size = batch_size // micro_batches
+    perms = jax.vmap(lambda a: jax.random.permutation(jax.random.fold_in(key, a), size))(jnp.arange(micro_batches))
+    return perms.T.reshape(batch_size).astype(jnp.int32)  # [A, B/A] -> row j * A + a holds perms[a, j]
+
+
+def mix_images(images: jax.Array, lam: jax.Array, perm: jax.Array) -> jax.Array:
+    """lam * x + (1 - lam) * x[perm] of normalized images [B, H, W, 3] (fp32)."""
+    return lam * images + (1.0 - lam) * images[perm]
 
 
 def make_loss(model: WSPClassifier, config, frozen=None):
@@ -95,8 +143,12 @@ def make_loss(model: WSPClassifier, config, frozen=None):
 
     def loss(params, batch, rng, frozen_params=None):
         kwargs = {"train": True, "rngs": {"dropout": rng}} if drop_path else {}
-        logits = model.apply({"params": params}, normalize(batch["image"]), **kwargs)
-        value, labelled = soft_target_cross_entropy(logits, label_sets(batch), num_classes, eps)
+        images, mix = normalize(batch["image"]), None
+        if "mix_lam" in batch:
+            mix = (batch["mix_lam"][0], batch["mix_perm"])
+            images = mix_images(images, *mix)
+        logits = model.apply({"params": params}, images, **kwargs)
+        value, labelled = soft_target_cross_entropy(logits, label_sets(batch), num_classes, eps, mix)
         return value, {"labelled": labelled}
     return loss
 
@@ -115,6 +167,8 @@ def validate(config, check_paths: bool = True) -> None:
             "must be the size of the label vocabulary (a positive int), e.g. --config.wsp.num_classes=28000")
     require(0.0 <= w.label_smoothing < 1.0, "wsp.label_smoothing", w.label_smoothing, "must lie in [0, 1), e.g. 0.1")
     require(w.pos_embed in POS_EMBEDS, "wsp.pos_embed", w.pos_embed, f"use one of {POS_EMBEDS}")
+    require(w.mixup >= 0.0, "wsp.mixup", w.mixup, "is the mixup alpha: >= 0 (0 = off), e.g. 0.5")
+    require(0.0 <= w.mixup_prob <= 1.0, "wsp.mixup_prob", w.mixup_prob, "must lie in [0, 1], e.g. 1.0")
     require(config.init_from_subtree == "encoder" or not config.init_from, "init_from_subtree",
             config.init_from_subtree, "WSP loads the encoder only (the head is always fresh); use 'encoder'")
     if check_paths:

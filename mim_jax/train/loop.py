@@ -72,12 +72,7 @@ def train(config, workdir: str) -> dict:
     start_step, state = resume.start_state(config, program, manager, workdir)
     frozen_args = frozen_params(config, program)
     train_step = program.step
-    batches = pipeline.train_batches(
-        dataset_dir, config.data.train_split, global_batch_size=batch_size, image_size=config.model.image_size,
-        seed=config.seed, start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), crop_scale=tuple(config.data.crop_scale),
-        crop_ratio=tuple(config.data.crop_ratio), num_workers=config.data.num_workers,
-        subset=subsets.SubsetSpec.from_config(config.data.subset), max_labels=config.data.max_labels)
+    batches = pretrain_batches(config, dataset_dir, start_step)
     log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
                  peak_flops=total_peak_flops(mesh))
     meta = {"signature": model_signature(config)}
@@ -109,6 +104,17 @@ def train(config, workdir: str) -> dict:
             log.close()
     run_end_evals(config, evals, state.params, program)
     return row
+
+
+def pretrain_batches(config, dataset_dir: str, start_step: int):
+    """This process's batches of steps start_step + 1, ... (config.data: crops, RandAugment, label sets, subset)."""
+    d = config.data
+    return pipeline.train_batches(
+        dataset_dir, d.train_split, global_batch_size=d.global_batch_size, image_size=config.model.image_size,
+        seed=config.seed, start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+        num_workers=d.num_workers, subset=subsets.SubsetSpec.from_config(d.subset), max_labels=d.max_labels,
+        auto_augment=d.get("auto_augment", ""))
 
 
 def eval_dataset_dir(config, dataset_dir: str) -> str:
