@@ -145,6 +145,16 @@ def test_lu_slurm_dry_run_lists_30_cells_with_commands_and_chip_hours(tmp_path, 
     assert not os.path.exists(tmp_path / "x")  # a dry run writes nothing
 
 
+MISSING_STUDY = """
+from mim_jax.study.grid import Axis, Study, Value
+
+def get_study(arg=""):
+    model = Axis("model", (Value("vit22b", needs={"model": "ViT-22B"}),))
+    objective = Axis("objective", (Value("beit", needs={"objective": "beit"}), Value("mae")))
+    return Study(name="missing", config="configs/demo.py", axes=(model, objective))
+"""
+
+
 def test_bad_inputs_fail_in_one_line_naming_them(tmp_path, capsys):
     def error(*argv):
         assert study_cli.main(list(argv)) == 2
@@ -156,11 +166,32 @@ def test_bad_inputs_fail_in_one_line_naming_them(tmp_path, capsys):
                                                            root, "--dry_run")
     assert "--cells='^nothing' matches none of the 12 cells" in error(
         "run", "--config=configs/studies/demo.py", root, "--cells=^nothing", "--dry_run")
-    if "wsp" not in registry.OBJECTIVES:  # until the WSP objective lands
-        assert "cell B16_wsp needs objective 'wsp', which is not registered" in error(
-            "run", "--config=configs/studies/maws2023.py", root, "--dry_run")
-    assert "needs model 'swinv2_s'" in error("run", "--config=configs/studies/xie2022.py", root, "--dry_run")
+    missing = tmp_path / "missing.py"
+    missing.write_text(MISSING_STUDY)
+    assert ("cell vit22b_beit needs objective 'beit', which is not registered (registered: "
+            f"{', '.join(sorted(registry.OBJECTIVES))})") in error("run", f"--config={missing}", root, "--dry_run")
+    assert "cell vit22b_mae needs model 'ViT-22B', which is in no size table" in error(
+        "run", f"--config={missing}", root, "--cells=_mae$", "--dry_run")
     os.makedirs(tmp_path / "r")
     (tmp_path / "r" / "study.json").write_text(json.dumps({"study": "lu2023", "cells": ["B16_0.5M_clip"]}))
     assert "holds the cells of study 'lu2023'" in error("run", "--config=configs/studies/demo.py:tiny", root)
     assert "no such study file" in error("run", "--config=configs/studies/nope.py", root)
+
+
+def test_a_cell_that_starts_from_another_cells_run_waits_for_it(tmp_path, capsys):
+    """MAWS's MAE -> WSP cell is not submitted before its MAE cell has saved its last step; a dry run prints it."""
+    import io
+    from mim_jax.study import runner
+    plan = runner.prepare("configs/studies/maws2023.py", str(tmp_path / "m"), pattern="^B16_ma")
+    maws = next(c for c in plan.cells if c.name == "B16_maws")
+    out = io.StringIO()
+    assert runner.submit_cell(plan, maws, "slurm", [], dry_run=False, out=out) == 0
+    assert out.getvalue().strip() == ("[study] B16_maws: waits for B16_mae (it starts from their runs); re-run this "
+                                      "command once they have finished")
+    assert not runner.has_final_checkpoint(plan, "B16_mae")
+    os.makedirs(os.path.join(plan.workdir("B16_mae"), "checkpoints", str(plan.configs["B16_mae"].total_steps)))
+    assert runner.has_final_checkpoint(plan, "B16_mae")
+    # The dry run of the whole grid lists all 15 jobs although no cell has run (init_from is not checked there).
+    assert study_cli.main(["run", "--config=configs/studies/maws2023.py", "--launcher=slurm",
+                           f"--root={tmp_path / 'x'}", "--dry_run"]) == 0
+    assert capsys.readouterr().out.count("\nsbatch --job-name=maws2023-") == 15

@@ -4,7 +4,7 @@ SwinV2-S/B/L/H/g and ViT-B/16, L/16, H/16 x ImageNet-1K 10% / 20% / 50% / 100% (
 and ImageNet-22K x 125K / 250K / 500K steps, recipe=xie of configs/simmim.py (192 px, window-normalized targets,
 the step schedule, x0.1 for the last 1/8). The 125K and 250K cells branch from the 500K cell at their decay points
 (109,375 and 218,750): the shared first stage. Each cell ends with its validation loss (objective_loss).
-SwinV2 cells need the swinv2 sizes in mim_jax.models: until they are there, select the ViT cells:
+SwinV2 cells take configs/simmim.py's swinv2 sizes (model.family=swinv2); to list only the ViT cells:
 
     python -m mim_jax.study run --config=configs/studies/xie2022.py --cells='^ViT' --launcher=tpu --root=gs://B/xie \\
         --dry_run -- --project=P --zone=Z
@@ -31,8 +31,7 @@ def get_study(arg: str = "") -> Study:
     own = recipes.parse_arg(",".join(a for a in items if a.split("=")[0] in OWN_ARGS), OWN_ARGS)
     rest = ",".join(a for a in items if a.split("=")[0] not in OWN_ARGS)
     in1k, in22k = own.get("in1k", "/data/in1k"), own.get("in22k", "/data/in22k")
-    models = tuple(Value(label, args={"model": "B/16"}, overrides={"model.variant": variant}, x=params)
-                   for label, (variant, params) in SWINV2.items())
+    models = tuple(Value(label, args={"model": variant}, x=params) for label, (variant, params) in SWINV2.items())
     models += tuple(Value(label, args=args, overrides=extra, x=params) for label, (args, extra, params) in VIT.items())
     fractions = (("IN1K-10", 0.1), ("IN1K-20", 0.2), ("IN1K-50", 0.5))
     data = tuple(Value(label, overrides={"data.path": in1k, "data.subset.kind": "balanced",

@@ -210,17 +210,23 @@ def validate_common(config: ml_collections.ConfigDict, check_data_path: bool = T
     require(0 < config.optim.step_decay_factor <= 1, "optim.step_decay_factor", config.optim.step_decay_factor,
             "must lie in (0, 1], e.g. 0.1")
     validate_evals(config.evals)
-    validate_fault_tolerance(config)
+    validate_fault_tolerance(config, check_data_path)
 
 
-def validate_fault_tolerance(config: ml_collections.ConfigDict) -> None:
-    """Check the non-finite policy and the resume / init paths."""
+def validate_fault_tolerance(config: ml_collections.ConfigDict, check_paths: bool = True) -> None:
+    """Check the non-finite policy and the resume / init paths (the paths only with `check_paths`).
+
+    Programs that only compile or submit the step (plan, launchers, a study's dry run) skip the path checks: the
+    weights may live where only the job sees them, or be written by an earlier cell of the same study.
+    """
     require(config.optim.nonfinite in NONFINITE_POLICIES, "optim.nonfinite", config.optim.nonfinite,
              f"use one of {NONFINITE_POLICIES}")
     positive_int(config, "optim.max_consecutive_skips")
     keep = tuple(config.ckpt.get("keep_steps", ()))
     require(all(isinstance(s, int) and 0 < s <= config.total_steps for s in keep), "ckpt.keep_steps", keep,
             f"use steps in [1, total_steps={config.total_steps}], e.g. (875, 1750)")
+    if not check_paths:
+        return
     require(not config.ckpt.resume_from or run_dirs.is_dir(run_dirs.resolve(config.ckpt.resume_from)),
              "ckpt.resume_from", config.ckpt.resume_from,
              "is not a directory; pass a pretraining workdir or WORKDIR/checkpoints/<step>, or leave it empty")

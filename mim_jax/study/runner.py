@@ -240,10 +240,21 @@ def submit_cell(plan: Plan, cell: Cell, launcher: str, options: list[str], dry_r
         print(f"# {cell.name} branches from {branch.source} at step {branch.step}: submitted once that step exists "
               f"(checked here without --config.ckpt.resume_from)", file=out, flush=True)
         overrides.pop("ckpt.resume_from")
+    pending = [name for name in grid.dependencies(cell, plan.all_cells) if not has_final_checkpoint(plan, name)]
+    if pending and not dry_run:
+        print(f"[study] {cell.name}: waits for {', '.join(pending)} (it starts from their runs); re-run this command "
+              f"once they have finished", file=out, flush=True)
+        return 0
     module = load_module(os.path.join(REPO, "launch", "slurm.py" if launcher == "slurm" else "tpu_pod.py"))
     argv = launcher_argv(plan, cell, launcher, options, dry_run, overrides)
     print(f"[study] {cell.name}:", file=out, flush=True)
     return module.main(argv)
+
+
+def has_final_checkpoint(plan: Plan, name: str) -> bool:
+    """Whether cell `name` has saved its last step (a cluster job's run is done; a local one writes its state)."""
+    config = plan.configs.get(name) or grid.resolve_config(next(c for c in plan.all_cells if c.name == name))
+    return run_dirs.exists(run_dirs.join(plan.workdir(name), "checkpoints", str(config.total_steps)))
 
 
 def print_job_plan(plan: Plan, launcher: str, out: IO) -> None:
