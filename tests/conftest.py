@@ -11,6 +11,21 @@ from mim_jax.config.defaults import base_config  # noqa: E402
 from mim_jax.data import synthetic  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--paper-plans", action="store_true",
+                     help="also run the paper_plans tier: memory plans of paper-scale cells (minutes of TPU compile each)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """paper_plans tests run only with --paper-plans (docs/testing.md): each compiles a paper-sized step for TPU."""
+    if config.getoption("--paper-plans"):
+        return
+    skip = pytest.mark.skip(reason="paper-scale TPU plan (minutes of compile); run with --paper-plans")
+    for item in items:
+        if "paper_plans" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> str:
     """A small generated 'shapes' dataset in real ArrayRecord shards (train 96, val 40, 36 px)."""

@@ -37,6 +37,7 @@ def test_every_cell_of_the_paper_grids_is_a_valid_config(study_name):
 
 @pytest.mark.slow
 @pytest.mark.tpu_compile
+@pytest.mark.paper_plans
 @pytest.mark.parametrize("which", ["smallest", "largest"])
 @pytest.mark.parametrize("study_name", STUDIES)
 def test_smallest_and_largest_cell_fit_their_planned_slice(study_name, which):
