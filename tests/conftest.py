@@ -1,4 +1,5 @@
 """Test-wide setup: 8 fake CPU devices. XLA_FLAGS must be set before jax is imported."""
+import json
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -9,6 +10,8 @@ import pytest  # noqa: E402
 import mim_jax  # noqa: E402,F401  (adds the XLA:CPU scheduler flag that keeps fake-device collectives in order)
 from mim_jax.config.defaults import base_config  # noqa: E402
 from mim_jax.data import synthetic  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_addoption(parser):
@@ -102,3 +105,42 @@ def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -
     checkpoints.save(manager, step, state, {"signature": model_signature(config), "step": step})
     manager.wait_until_finished()
     return jax.device_get(state.params)
+
+
+def read_losses(workdir: str) -> dict:
+    """{step: loss} of a run's metrics.jsonl train rows."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def assert_sigkill_resume_reproduces(config, tmp_path, timeout: int = 900) -> None:
+    """Train `config` (16 steps, checkpoints every 5) uninterrupted; SIGKILL a CLI run of it after its step-10
+    checkpoint, re-run the same command: every logged step must equal the uninterrupted run's loss exactly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mim_jax.train import loop as pretrain
+    assert config.total_steps == 16 and config.ckpt.every_steps == 5
+    pretrain.train(config, str(tmp_path / "reference"))
+    reference = read_losses(str(tmp_path / "reference"))
+    assert sorted(reference) == list(range(1, 17))
+    workdir = str(tmp_path / "killed")
+    cmd = [sys.executable, "-m", "mim_jax.pretrain", f"--config={write_config_file(str(tmp_path / 'c.py'), config)}",
+           f"--workdir={workdir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
+            time.sleep(0.01)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = read_losses(workdir)
+    assert 10 <= max(first) < 16, "the run must die after its step-10 checkpoint and before the end"
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resuming from checkpoint step 10" in out.stdout
+    resumed = read_losses(workdir)
+    assert sorted(resumed) == list(range(1, 17))
+    assert resumed == reference and {s: first[s] for s in first} == {s: reference[s] for s in first}

@@ -1,11 +1,6 @@
 """The backbone registry and SimMIM on SwinV2 through it: recipes and planned slices, FLOPs vs the formula and vs
 XLA's count, mesh equivalence on 8 fake devices, exact resume after SIGKILL, config errors naming the field, global
 pooling without CLS, SimMIM's Swin layer ids for lr decay, fine-tuning at a new window."""
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +8,8 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from test_simmim_objective import REPO, read_losses
 
-from conftest import tiny_pretrain_config, write_config_file
+from conftest import assert_sigkill_resume_reproduces, tiny_pretrain_config
 from mim_jax.cluster.plan import xla_train_flops
 from mim_jax.config.cli import load_config_file
 from mim_jax.errors import ConfigError
@@ -24,7 +18,6 @@ from mim_jax.evaluate.features import pool_tokens
 from mim_jax.models import backbones, swinv2
 from mim_jax.objectives import registry, simmim
 from mim_jax.parallel.sharding import global_batch, logical_rules, make_mesh
-from mim_jax.train import loop as pretrain
 from mim_jax.train import optim
 from mim_jax.train.program import train_flops_per_step
 from mim_jax.train.state import create_train_state
@@ -174,26 +167,7 @@ def test_swin_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, t
     config.model.drop_path = 0.1
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False
-    pretrain.train(config, str(tmp_path / "reference"))
-    reference = read_losses(str(tmp_path / "reference"))
-    assert sorted(reference) == list(range(1, 17))
-    workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "mim_jax.pretrain", f"--config={write_config_file(str(tmp_path / 'c.py'), config)}",
-           f"--workdir={workdir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while proc.poll() is None and not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
-            time.sleep(0.01)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    first = read_losses(workdir)
-    assert 10 <= max(first) < 16, "the run must die after its step-10 checkpoint and before the end"
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Resuming from checkpoint step 10" in out.stdout
-    resumed = read_losses(workdir)
-    assert resumed == reference and {s: first[s] for s in first} == {s: reference[s] for s in first}
+    assert_sigkill_resume_reproduces(config, tmp_path)
 
 
 # --------------------------------------------------------------------------- evaluation without CLS

@@ -1,10 +1,5 @@
 """SimMIM through the generic train step: mesh equivalence, exact resume after SIGKILL, config errors, recipes."""
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import ml_collections
@@ -12,12 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_pretrain_config, write_config_file
+from conftest import assert_sigkill_resume_reproduces, tiny_pretrain_config
 from mim_jax.config.cli import load_config_file
 from mim_jax.errors import ConfigError
 from mim_jax.objectives import registry, simmim
 from mim_jax.parallel.sharding import global_batch, logical_rules, make_mesh
-from mim_jax.train import loop as pretrain
 from mim_jax.train import optim
 from mim_jax.train.program import train_flops_per_step
 from mim_jax.train.state import create_train_state
@@ -79,11 +73,6 @@ def test_meshes_equal_one_device(reference_runs, mesh_shape):
     check_same(reference_runs, adam, sgd, params)
 
 
-def read_losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_path):
@@ -92,27 +81,7 @@ def test_sigkill_resume_reproduces_the_uninterrupted_losses(tiny_dataset, tmp_pa
     config.model.drop_path = 0.1  # drop path draws from the step key too: resume must replay it
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False
-    pretrain.train(config, str(tmp_path / "reference"))
-    reference = read_losses(str(tmp_path / "reference"))
-    assert sorted(reference) == list(range(1, 17))
-    workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "mim_jax.pretrain", f"--config={write_config_file(str(tmp_path / 'c.py'), config)}",
-           f"--workdir={workdir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while proc.poll() is None and not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
-            time.sleep(0.01)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    first = read_losses(workdir)
-    assert 10 <= max(first) < 16, "the run must die after its step-10 checkpoint and before the end"
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Resuming from checkpoint step 10" in out.stdout
-    resumed = read_losses(workdir)
-    assert sorted(resumed) == list(range(1, 17))
-    assert resumed == reference and {s: first[s] for s in first} == {s: reference[s] for s in first}
+    assert_sigkill_resume_reproduces(config, tmp_path)
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -1,10 +1,6 @@
 """WSP (MAWS) objective: soft-target CE vs float64 numpy, the step on meshes, MAE->WSP init, resume, bad input."""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import ml_collections
@@ -12,13 +8,16 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import make_run_dir, tiny_pretrain_config, write_config_file
+from conftest import (
+    assert_sigkill_resume_reproduces,
+    make_run_dir,
+    tiny_pretrain_config,
+)
 from mim_jax.errors import ConfigError
 from mim_jax.models.heads import padded_classes
 from mim_jax.models.vit import sincos_2d
 from mim_jax.objectives import registry, wsp
 from mim_jax.parallel.sharding import global_batch, logical_rules, make_mesh
-from mim_jax.train import loop as pretrain
 from mim_jax.train import optim
 from mim_jax.train.program import build_program
 from mim_jax.train.resume import start_state
@@ -363,11 +362,6 @@ def test_a_dataset_without_labels_is_refused_naming_it(tmp_path, monkeypatch):
         wsp.check_dataset_labels(c)
 
 
-def read_losses(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
-
-
 @pytest.fixture(scope="module")
 def tiny_multi_label_dataset(tmp_path_factory) -> str:
     """Multi-label shapes in real ArrayRecord shards (train 96 with label sets, val 40 single-label, 36 px)."""
@@ -392,27 +386,7 @@ def test_sigkill_resume_reproduces_the_uninterrupted_losses(labels, request, tmp
     config.model.drop_path = 0.1
     config.ckpt.every_steps = 5
     config.evals.linear_probe.at_end = False
-    pretrain.train(config, str(tmp_path / "reference"))
-    reference = read_losses(str(tmp_path / "reference"))
-    assert sorted(reference) == list(range(1, 17))
-    workdir = str(tmp_path / "killed")
-    cmd = [sys.executable, "-m", "mim_jax.pretrain", f"--config={write_config_file(str(tmp_path / 'c.py'), config)}",
-           f"--workdir={workdir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while proc.poll() is None and not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
-            time.sleep(0.01)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    first = read_losses(workdir)
-    assert 10 <= max(first) < 16, "the run must die after its step-10 checkpoint and before the end"
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Resuming from checkpoint step 10" in out.stdout
-    resumed = read_losses(workdir)
-    assert sorted(resumed) == list(range(1, 17))
-    assert resumed == reference and {s: first[s] for s in first} == {s: reference[s] for s in first}
+    assert_sigkill_resume_reproduces(config, tmp_path)
 
 
 def test_recipes_follow_maws_tables_11_and_13():
