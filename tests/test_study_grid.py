@@ -51,10 +51,10 @@ def test_xie_and_maws_grids_expand_and_name_what_they_need():
     assert grid.resolve_refs(maws[2], maws, "/r")["init_from"] == "/r/B16_mae"
 
 
-def test_missing_objective_and_model_are_refused_in_one_line_by_name():
+def test_missing_objective_and_model_are_refused_in_one_line_by_name(monkeypatch):
     maws = grid.expand(runner.load_study("configs/studies/maws2023.py"))
-    if "wsp" in registry.OBJECTIVES:
-        pytest.skip("objective 'wsp' has landed: nothing is missing")
+    grid.check_available(maws, "maws2023")  # WSP is registered: every cell can run
+    monkeypatch.delitem(registry.OBJECTIVES, "wsp")  # a checkout without the WSP objective
     with pytest.raises(ConfigError) as err:
         grid.check_available(maws, "maws2023")
     assert "needs objective 'wsp', which is not registered" in str(err.value) and "\n" not in str(err.value)

@@ -31,7 +31,8 @@ def get_study(arg: str = "") -> Study:
     own = recipes.parse_arg(",".join(a for a in items if a.split("=")[0] in OWN_ARGS), OWN_ARGS)
     rest = ",".join(a for a in items if a.split("=")[0] not in OWN_ARGS)
     in1k, in22k = own.get("in1k", "/data/in1k"), own.get("in22k", "/data/in22k")
-    models = tuple(Value(label, args={"model": variant}, x=params) for label, (variant, params) in SWINV2.items())
+    models = tuple(Value(label, args={"model": variant}, needs={"model": variant}, x=params)
+                   for label, (variant, params) in SWINV2.items())
     models += tuple(Value(label, args=args, overrides=extra, x=params) for label, (args, extra, params) in VIT.items())
     fractions = (("IN1K-10", 0.1), ("IN1K-20", 0.2), ("IN1K-50", 0.5))
     data = tuple(Value(label, overrides={"data.path": in1k, "data.subset.kind": "balanced",
