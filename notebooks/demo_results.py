@@ -16,18 +16,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mim_jax.study.collect import metrics_rows  # noqa: E402
+
 EVALS = (("linear_probe", "linear probe"), ("knn", "kNN"))
 
 
 def read_curve(run_dir: str) -> tuple[list[int], list[float]]:
     """(steps, train losses) of a run's metrics.jsonl (train rows only)."""
-    steps, losses = [], []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for row in map(json.loads, f):
-            if "loss" in row:
-                steps.append(row["step"])
-                losses.append(row["loss"])
-    return steps, losses
+    rows = [r for r in metrics_rows(run_dir) if "loss" in r]
+    return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 
 def read_top1(run_dir: str, name: str) -> tuple[float, float]:

@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mim_jax.study.collect import metrics_rows  # noqa: E402
+
 SHOTS = 25
 
 
@@ -52,13 +54,8 @@ def table(rows: dict[str, str]) -> str:
 
 def read_curve(run_dir: str) -> tuple[list[int], list[float]]:
     """(steps, train losses) of a run's metrics.jsonl (train rows only)."""
-    steps, losses = [], []
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for row in map(json.loads, f):
-            if "loss" in row:
-                steps.append(row["step"])
-                losses.append(row["loss"])
-    return steps, losses
+    rows = [r for r in metrics_rows(run_dir) if "loss" in r]
+    return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 
 def plot(curves: dict[str, str], out: str) -> None:
