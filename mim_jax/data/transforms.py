@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 if TYPE_CHECKING:
     import jax
@@ -46,8 +46,16 @@ def decode_image(image_bytes: bytes) -> Image.Image:
 
 
 def open_image(image_bytes: bytes) -> Image.Image:
-    """Opens encoded image bytes lazily: size and mode are known, pixels are decoded on first use."""
-    return Image.open(io.BytesIO(image_bytes))
+    """Opens encoded image bytes lazily: size and mode are known, pixels are decoded on first use.
+
+    Bytes PIL cannot identify raise `PIL.UnidentifiedImageError` whose message names their length and first
+    bytes (PIL's own names the address of a temporary buffer, which differs from call to call).
+    """
+    try:
+        return Image.open(io.BytesIO(image_bytes))
+    except UnidentifiedImageError:
+        raise UnidentifiedImageError(f"cannot identify image file ({len(image_bytes)} bytes starting "
+                                     f"{bytes(image_bytes[:8])!r}): not an image format PIL reads") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
