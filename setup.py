@@ -28,7 +28,7 @@ setup(
         "matplotlib>=3.8,<4",  # result figures (notebooks/, study plots); the Agg backend, no display
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "jupytext>=1.16,<2", "nbclient>=0.10,<1", "nbformat>=5.10,<6",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "jupytext>=1.16,<2", "nbclient>=0.10,<1", "nbformat>=5.10,<6",
                  "ipykernel>=6.29,<8"],  # tests/test_notebooks.py executes notebooks/ in a kernel
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
         "convert": ["torch==2.13.0", "transformers>=4.40,<6"],  # PyTorch files and the HF parity tests

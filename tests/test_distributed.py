@@ -242,6 +242,7 @@ def assert_losses_match(got: dict, want: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.distributed
 def test_two_processes_match_one_process_and_resume(one_process_run, tmp_path):
     config_file, env, ref = one_process_run
     mp_dir = str(tmp_path / "two_processes")
@@ -266,6 +267,7 @@ def test_two_processes_match_one_process_and_resume(one_process_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.distributed
 def test_two_processes_fsdp_mesh(one_process_run, tmp_path):
     """Parameters sharded over devices of both processes (data=2, fsdp=4): same losses, a sharded checkpoint."""
     config_file, env, ref = one_process_run
@@ -310,6 +312,7 @@ def preempt_one_process(procs: list, workdir: str, after_step: int) -> list:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.distributed
 def test_resume_elsewhere_then_preempt_one_process(one_process_run, tmp_path):
     """The 1 process x 8 devices checkpoint of step 6 resumes on 2 processes x 2 devices (4 devices): steps 7-9
     match the run that went on unchanged. Then SIGTERM to process 1 alone: both processes save the same step

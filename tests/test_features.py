@@ -71,6 +71,7 @@ if jax.process_index() == 0:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.distributed
 def test_two_processes_match_one_device(tiny_dataset, tmp_path):
     import os
     import subprocess

@@ -13,8 +13,6 @@ from mim_jax.train import optim
 from mim_jax.train.state import create_train_state
 from mim_jax.train.step import make_train_step, step_key
 
-pytestmark = pytest.mark.fake_devices  # meshes over the 8 fake CPU devices
-
 BATCH = 8
 
 
@@ -65,6 +63,7 @@ def check_against_single_device(single_device_runs, adam_losses, sgd_losses, sgd
 
 
 @pytest.mark.slow
+@pytest.mark.fake_devices
 def test_same_losses_and_params_data_parallel(single_device_runs):
     assert len(jax.devices()) == 8
     adam_losses, _ = run_steps((8, 1, 1), jax.devices())
@@ -73,6 +72,7 @@ def test_same_losses_and_params_data_parallel(single_device_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.fake_devices  # the (2, 1, 1) case
 @pytest.mark.parametrize("mesh_shape,num_devices", [((1, 1, 1), 1), ((2, 1, 1), 2)])
 def test_gradient_accumulation_equals_full_batch(single_device_runs, mesh_shape, num_devices):
     """4 micro-batches of B/4 inside the step give the update of one step on B (fp32 tolerance)."""
@@ -92,6 +92,7 @@ def test_micro_batches_are_strided_rows():
 
 
 @pytest.mark.slow
+@pytest.mark.fake_devices
 # Meshes that shard parameters (FSDP and tensor axes) mix all-gathers, reduce-scatters and all-reduces in one
 # step. They run in this process like any other mesh: the XLA:CPU thread-pool starvation that used to abort them
 # now and then is prevented by mim_jax.xla_cpu_threads (docs/testing.md), so no retry hides an abort.
@@ -103,6 +104,7 @@ def test_same_losses_and_params_param_sharded(single_device_runs, mesh_shape):
 
 
 @pytest.mark.slow
+@pytest.mark.fake_devices
 def test_params_are_sharded_as_the_rules_say():
     c = tiny_config()
     mesh_cfg = ml_collections.ConfigDict(dict(shape=(1, 4, 2), rules=c.mesh.rules))
