@@ -106,9 +106,8 @@ def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort())
-    manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=2, async_save=False)
-    checkpoints.save(manager, step, state, {"signature": model_signature(config), "step": step})
-    manager.wait_until_finished()
+    with checkpoints.checkpoint_manager(run_dir, max_to_keep=2, async_save=False) as manager:
+        checkpoints.save(manager, step, state, {"signature": model_signature(config), "step": step})
     return jax.device_get(state.params)
 
 

@@ -28,12 +28,25 @@ def build(config, mesh_shape):
     return model, tx, mesh, rules
 
 
+@pytest.fixture
+def open_manager():
+    """checkpoints.checkpoint_manager, each manager closed at teardown (orbax keeps its threads until close())."""
+    opened = []
+
+    def open_(*args, **kwargs):
+        opened.append(checkpoints.checkpoint_manager(*args, **kwargs))
+        return opened[-1]
+    yield open_
+    for manager in opened:
+        manager.close()
+
+
 @pytest.mark.slow
-def test_save_then_restore_on_another_mesh(tmp_path):
+def test_save_then_restore_on_another_mesh(open_manager, tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (2, 4, 1))
     state, _ = create_train_state(model, init_inputs(model, None), tx, mesh, rules, seed=3)
-    manager = checkpoints.checkpoint_manager(str(tmp_path), max_to_keep=2, async_save=True)
+    manager = open_manager(str(tmp_path), max_to_keep=2, async_save=True)
     signature = model_signature(config)
     checkpoints.save(manager, 7, state, {"signature": signature, "step": 7})
     manager.wait_until_finished()
@@ -41,7 +54,7 @@ def test_save_then_restore_on_another_mesh(tmp_path):
     model, tx, mesh2, rules = build(config, (1, 4, 2))
     abstract, _ = abstract_train_state(model, init_inputs(model, None), tx, mesh2, rules)
     step, restored, meta = checkpoints.restore_latest(
-        checkpoints.checkpoint_manager(str(tmp_path), 2, False), abstract, signature)
+        open_manager(str(tmp_path), 2, False), abstract, signature)
     assert step == 7 and meta["step"] == 7
     assert int(restored.step) == int(state.step)
     for a, b in zip(jax.tree.leaves((restored.params, restored.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
@@ -51,11 +64,11 @@ def test_save_then_restore_on_another_mesh(tmp_path):
 
 
 @pytest.mark.slow
-def test_restore_into_another_model_names_the_fields(tmp_path):
+def test_restore_into_another_model_names_the_fields(open_manager, tmp_path):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))
     state, _ = create_train_state(model, init_inputs(model, None), tx, mesh, rules, seed=0)
-    manager = checkpoints.checkpoint_manager(str(tmp_path), 2, False)
+    manager = open_manager(str(tmp_path), 2, False)
     checkpoints.save(manager, 1, state, {"signature": model_signature(config)})
     other = tiny_pretrain_config("unused")
     other.model.width = 64
@@ -65,8 +78,8 @@ def test_restore_into_another_model_names_the_fields(tmp_path):
         checkpoints.restore_latest(manager, None, model_signature(other))
 
 
-def test_empty_dir_restores_nothing(tmp_path):
-    assert checkpoints.restore_latest(checkpoints.checkpoint_manager(str(tmp_path), 1, False), None) is None
+def test_empty_dir_restores_nothing(open_manager, tmp_path):
+    assert checkpoints.restore_latest(open_manager(str(tmp_path), 1, False), None) is None
 
 
 def test_locate_checkpoint(tmp_path):
@@ -102,10 +115,10 @@ def damage(step_dir):
 
 
 @pytest.mark.slow
-def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
+def test_damaged_step_falls_back_to_the_previous_one(open_manager, tmp_path, capsys):
     config = tiny_pretrain_config("unused")
     model, tx, mesh, rules = build(config, (8, 1, 1))
-    manager = checkpoints.checkpoint_manager(str(tmp_path), 3, False)
+    manager = open_manager(str(tmp_path), 3, False)
     signature = model_signature(config)
     states = {}
     for step in (1, 2):
@@ -125,14 +138,14 @@ def test_damaged_step_falls_back_to_the_previous_one(tmp_path, capsys):
     assert manager.all_steps() == [1]
 
 
-def test_keep_steps_are_kept_beyond_max_to_keep(tmp_path):
+def test_keep_steps_are_kept_beyond_max_to_keep(open_manager, tmp_path):
     import jax.numpy as jnp
-    manager = checkpoints.checkpoint_manager(str(tmp_path), max_to_keep=2, async_save=False, keep_steps=(3, 5))
+    manager = open_manager(str(tmp_path), max_to_keep=2, async_save=False, keep_steps=(3, 5))
     for step in range(1, 9):
         checkpoints.save(manager, step, {"x": jnp.full((2,), step, jnp.float32)}, {"step": step})
     manager.wait_until_finished()
     assert sorted(manager.all_steps()) == [3, 5, 7, 8]  # the branch points and the latest two
-    plain = checkpoints.checkpoint_manager(str(tmp_path / "plain"), max_to_keep=2, async_save=False)
+    plain = open_manager(str(tmp_path / "plain"), max_to_keep=2, async_save=False)
     for step in range(1, 5):
         checkpoints.save(plain, step, {"x": jnp.zeros(2)}, {"step": step})
     plain.wait_until_finished()

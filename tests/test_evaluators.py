@@ -80,10 +80,9 @@ def test_checkpoint_without_encoder_is_a_clear_error(tmp_path, tiny_dataset):
     run_dir = tmp_path / "run"
     os.makedirs(run_dir)
     (run_dir / "config.json").write_text(tiny_pretrain_config(tiny_dataset).to_json())
-    manager = checkpoints.checkpoint_manager(str(run_dir), 1, async_save=False)
-    checkpoints.save(manager, 7, {"params": {"decoder": {"w": np.ones(3, np.float32)}}, "step": np.int32(7)},
-                     {"step": 7})
-    manager.wait_until_finished()
+    with checkpoints.checkpoint_manager(str(run_dir), 1, async_save=False) as manager:
+        checkpoints.save(manager, 7, {"params": {"decoder": {"w": np.ones(3, np.float32)}}, "step": np.int32(7)},
+                         {"step": 7})
     mesh, rules = mesh_and_rules((8, 1, 1), jax.devices())
     with pytest.raises(ConfigError, match=r"checkpoint step 7 has no encoder parameters \(params holds \['decoder'\]\)"):
         load_run(str(run_dir), mesh, rules)

@@ -62,7 +62,8 @@ def test_stop_names_the_step_and_saves_nothing(tiny_dataset, poisoned_run, tmp_p
     with pytest.raises(NonFiniteError, match=r"non-finite loss nan at step 1 "):
         pretrain.train(nonfinite_config(tiny_dataset, poisoned_run[0], "stop"), workdir)
     assert read_rows(workdir) == []
-    assert checkpoints.checkpoint_manager(workdir, 2, False).all_steps() == []
+    with checkpoints.checkpoint_manager(workdir, 2, False) as manager:
+        assert manager.all_steps() == []
 
 
 @pytest.mark.slow
@@ -75,9 +76,9 @@ def test_skip_leaves_the_state_untouched_and_counts(tiny_dataset, poisoned_run, 
     rows = read_rows(workdir)
     assert [(r["step"], r["skipped_steps"], r["consecutive_skips"]) for r in rows] == [(1, 1, 1), (2, 2, 2)]
     assert all(np.isnan(r["loss"]) for r in rows)
-    manager = checkpoints.checkpoint_manager(workdir, 2, False)
-    assert manager.all_steps() == [2]  # step 3 broke the policy before its save
-    restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    with checkpoints.checkpoint_manager(workdir, 2, False) as manager:
+        assert manager.all_steps() == [2]  # step 3 broke the policy before its save
+        restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     leaves = jax.tree_util.tree_leaves_with_path(restored["params"])
     expected = dict(jax.tree_util.tree_leaves_with_path(poisoned))
     assert len(leaves) == len(expected)

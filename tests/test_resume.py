@@ -33,7 +33,8 @@ def source_run(tmp_path_factory):
 
 def start(config, workdir):
     program = build_program(config, make_mesh(config.mesh))
-    return resume.start_state(config, program, checkpoints.checkpoint_manager(workdir, 2, False))
+    with checkpoints.checkpoint_manager(workdir, 2, False) as manager:
+        return resume.start_state(config, program, manager)
 
 
 @pytest.mark.slow
@@ -102,8 +103,8 @@ def test_resume_from_path_restores_full_state_and_own_checkpoint_wins(source_run
     assert step == 4 and int(state.step) == 0  # make_run_dir saved a fresh state under step 4
     assert_trees_equal(state.params, source)
     assert "of ckpt.resume_from=" in capsys.readouterr().out
-    checkpoints.save(checkpoints.checkpoint_manager(workdir, 2, False), 6, state, {
-        "signature": model_signature(config)})
+    with checkpoints.checkpoint_manager(workdir, 2, False) as manager:
+        checkpoints.save(manager, 6, state, {"signature": model_signature(config)})
     step, _ = start(config, workdir)
     assert step == 6 and "Resuming from checkpoint step 6 in" in capsys.readouterr().out
     other = tiny_pretrain_config("unused")

@@ -36,8 +36,8 @@ def state(root, cell):
 
 
 def final_params(workdir, step):
-    manager = checkpoints.checkpoint_manager(workdir, max_to_keep=1, async_save=False)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    with checkpoints.checkpoint_manager(workdir, max_to_keep=1, async_save=False) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return jax.tree.map(np.asarray, restored["state"]["params"])
 
 

@@ -268,8 +268,8 @@ def init_from_run(init_from, tmp_path, **wsp_fields):
     c.wsp.update(wsp_fields)
     program = build_program(c, make_mesh(c.mesh, jax.devices()[:1]))
     from mim_jax.train import checkpoints
-    manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), 1, False)
-    _, state = start_state(c, program, manager, str(tmp_path))
+    with checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), 1, False) as manager:
+        _, state = start_state(c, program, manager, str(tmp_path))
     with open(tmp_path / "init_report.json") as f:
         return jax.device_get(state.params), json.load(f), program
 

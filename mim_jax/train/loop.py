@@ -67,41 +67,41 @@ def train(config, workdir: str) -> dict:
     model, rules = program.model, program.rules
     batch_size, total = config.data.global_batch_size, config.total_steps
     keep_steps = tuple(config.ckpt.get("keep_steps", ()))
-    manager = checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
-                                             cleanup_tmp=True, keep_steps=keep_steps)
-    start_step, state = resume.start_state(config, program, manager, workdir)
-    frozen_args = frozen_params(config, program)
-    train_step = program.step
-    batches = pretrain_batches(config, dataset_dir, start_step)
-    log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
-                 peak_flops=total_peak_flops(mesh))
-    meta = {"signature": model_signature(config)}
-    evals = TrainingEvals(config, model, eval_dataset_dir(config, dataset_dir), workdir, mesh, rules, log,
-                          program.frozen, frozen_args)
-    on_cpu = jax.devices()[0].platform == "cpu"
-    nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
-    row = {}
-    with preemption.watch():
-        try:
-            for step in range(start_step + 1, total + 1):
-                state, metrics = train_step(state, global_batch(next(batches), mesh, rules), *frozen_args)
-                nonfinite.add(step, metrics)
-                if step % config.log.every_steps == 0 or step == total:
-                    nonfinite.check()
-                    row = log.write(step, fetch_metrics(metrics))
-                elif on_cpu and step % CPU_SYNC_EVERY == 0:
-                    nonfinite.check()  # fetches the pending metrics: a sync point
-                preempted = preemption.reached_preemption(step)  # every step, on every process
-                forced = step == total or preempted or step in keep_steps
-                if step % config.ckpt.every_steps == 0 or forced:
-                    nonfinite.check()  # never save a state that a non-finite step produced
-                    checkpoints.save(manager, step, state, {**meta, "step": step}, force=forced)
-                if preempted:
-                    raise preemption.Preempted(step)
-                evals.periodic(step, state.params)
-        finally:
-            manager.wait_until_finished()
-            log.close()
+    # Leaving the block closes the manager: it waits for the last (async) save and stops orbax's threads.
+    with checkpoints.checkpoint_manager(workdir, config.ckpt.max_to_keep, config.ckpt.async_save,
+                                        cleanup_tmp=True, keep_steps=keep_steps) as manager:
+        start_step, state = resume.start_state(config, program, manager, workdir)
+        frozen_args = frozen_params(config, program)
+        train_step = program.step
+        batches = pretrain_batches(config, dataset_dir, start_step)
+        log = RunLog(workdir, total, batch_size, start_step, flops_per_step=train_flops_per_step(config),
+                     peak_flops=total_peak_flops(mesh))
+        meta = {"signature": model_signature(config)}
+        evals = TrainingEvals(config, model, eval_dataset_dir(config, dataset_dir), workdir, mesh, rules, log,
+                              program.frozen, frozen_args)
+        on_cpu = jax.devices()[0].platform == "cpu"
+        nonfinite = NonFiniteWatch(config.optim.nonfinite, config.optim.max_consecutive_skips)
+        row = {}
+        with preemption.watch():
+            try:
+                for step in range(start_step + 1, total + 1):
+                    state, metrics = train_step(state, global_batch(next(batches), mesh, rules), *frozen_args)
+                    nonfinite.add(step, metrics)
+                    if step % config.log.every_steps == 0 or step == total:
+                        nonfinite.check()
+                        row = log.write(step, fetch_metrics(metrics))
+                    elif on_cpu and step % CPU_SYNC_EVERY == 0:
+                        nonfinite.check()  # fetches the pending metrics: a sync point
+                    preempted = preemption.reached_preemption(step)  # every step, on every process
+                    forced = step == total or preempted or step in keep_steps
+                    if step % config.ckpt.every_steps == 0 or forced:
+                        nonfinite.check()  # never save a state that a non-finite step produced
+                        checkpoints.save(manager, step, state, {**meta, "step": step}, force=forced)
+                    if preempted:
+                        raise preemption.Preempted(step)
+                    evals.periodic(step, state.params)
+            finally:
+                log.close()
     run_end_evals(config, evals, state.params, program)
     return row
 

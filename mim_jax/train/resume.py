@@ -36,16 +36,16 @@ def restore_from_path(path: str, program: Program, signature: dict) -> tuple[int
     The other run's directory is only read: unreadable steps are skipped with a warning, never moved.
     """
     run_dir, step = run_dirs.locate_checkpoint(path)
-    manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False)
-    if step is None:
-        restored = checkpoints.restore_latest(manager, program.abstract_state, signature, set_aside=False)
-        if restored is None:
-            raise ConfigError(f"ckpt.resume_from={path!r} has no checkpoint; point it at a run with checkpoints/")
-        return restored[0], restored[1]
-    if step not in manager.all_steps():
-        raise ConfigError(f"ckpt.resume_from={path!r}: no complete checkpoint {step} "
-                          f"(available: {list(manager.all_steps())})")
-    return step, checkpoints.restore_step(manager, step, program.abstract_state, signature)[0]
+    with checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False) as manager:
+        if step is None:
+            restored = checkpoints.restore_latest(manager, program.abstract_state, signature, set_aside=False)
+            if restored is None:
+                raise ConfigError(f"ckpt.resume_from={path!r} has no checkpoint; point it at a run with checkpoints/")
+            return restored[0], restored[1]
+        if step not in manager.all_steps():
+            raise ConfigError(f"ckpt.resume_from={path!r}: no complete checkpoint {step} "
+                              f"(available: {list(manager.all_steps())})")
+        return step, checkpoints.restore_step(manager, step, program.abstract_state, signature)[0]
 
 
 def _flat(tree: Any) -> dict:

@@ -31,14 +31,14 @@ def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[An
     if random_init:
         state, _ = create_train_state(model, inputs, tx, mesh, rules, run_cfg.seed)
         return run_cfg, model, state.params, 0
-    manager = checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise ConfigError(f"init_from={init_from!r}: no complete checkpoint found "
-                          f"(available steps: {list(manager.all_steps())})")
-    check_has_encoder(run_dir, step, init_from)
-    abstract, _ = abstract_train_state(model, inputs, tx, mesh, rules)
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    with checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise ConfigError(f"init_from={init_from!r}: no complete checkpoint found "
+                              f"(available steps: {list(manager.all_steps())})")
+        check_has_encoder(run_dir, step, init_from)
+        abstract, _ = abstract_train_state(model, inputs, tx, mesh, rules)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     return run_cfg, model, state.params, step
 
 
@@ -54,7 +54,8 @@ def saved_param_groups(run_dir: str, step: int) -> list[str]:
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)  # orbax warns that this item has no step-level metadata file
     try:
-        tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.metadata(path).item_metadata.tree
     finally:
         absl_logger.setLevel(level)
     params = tree.get("params") if isinstance(tree, dict) else None
