@@ -247,15 +247,17 @@ def test_standalone_evals_equal_end_of_run_evals(finished_run, tmp_path):
                                            rel=1e-6)
 
 
-def test_a_failed_start_closes_every_checkpoint_manager(tiny_dataset, tmp_path, monkeypatch):
+def test_a_failed_start_closes_its_managers_and_creates_nothing_in_resume_from(tiny_dataset, tmp_path, monkeypatch):
     """orbax keeps threads per manager until close(): a run that fails after opening one must still close it."""
     import orbax.checkpoint as ocp
     from mim_jax.config.validation import ConfigError
     from mim_jax.train import checkpoints
     opened, closed = [], []
     open_manager, close_manager = checkpoints.checkpoint_manager, ocp.CheckpointManager.close
+    open_reader = checkpoints.checkpoint_reader
     monkeypatch.setattr(checkpoints, "checkpoint_manager", lambda *a, **k: opened.append(open_manager(*a, **k))
                         or opened[-1])
+    monkeypatch.setattr(checkpoints, "checkpoint_reader", lambda *a: opened.append(open_reader(*a)) or opened[-1])
     monkeypatch.setattr(ocp.CheckpointManager, "close", lambda self: closed.append(self) or close_manager(self))
     config = tiny_pretrain_config(tiny_dataset)
     config.ckpt.resume_from = str(tmp_path / "empty_run")
@@ -264,3 +266,4 @@ def test_a_failed_start_closes_every_checkpoint_manager(tiny_dataset, tmp_path, 
         pretrain.train(config, str(tmp_path / "wd"))
     assert len(opened) == 2  # the run's own manager, and the one that read resume_from
     assert all(any(c is m for c in closed) for m in opened)
+    assert os.listdir(config.ckpt.resume_from) == []  # the other run's directory is only read: nothing created

@@ -47,6 +47,14 @@ def checkpoint_manager(workdir: str, max_to_keep: int, async_save: bool,
                                  item_names=("state", "meta"))
 
 
+def checkpoint_reader(workdir: str) -> ocp.CheckpointManager:
+    """Read-only manager over another run's WORKDIR/checkpoints: it never creates, deletes or cleans up anything."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0,
+                                           cleanup_tmp_directories=False)
+    return ocp.CheckpointManager(run_dirs.join(run_dirs.resolve(workdir), CHECKPOINT_DIR), options=options,
+                                 item_names=("state", "meta"))
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, force: bool = False) -> bool:
     """Start an (async) save of `state` and JSON `meta` at `step`; returns whether a save started."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))

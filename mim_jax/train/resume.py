@@ -36,7 +36,7 @@ def restore_from_path(path: str, program: Program, signature: dict) -> tuple[int
     The other run's directory is only read: unreadable steps are skipped with a warning, never moved.
     """
     run_dir, step = run_dirs.locate_checkpoint(path)
-    with checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False) as manager:
+    with checkpoints.checkpoint_reader(run_dir) as manager:
         if step is None:
             restored = checkpoints.restore_latest(manager, program.abstract_state, signature, set_aside=False)
             if restored is None:

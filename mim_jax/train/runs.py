@@ -31,7 +31,7 @@ def load_run(init_from: str, mesh, rules, random_init: bool = False) -> tuple[An
     if random_init:
         state, _ = create_train_state(model, inputs, tx, mesh, rules, run_cfg.seed)
         return run_cfg, model, state.params, 0
-    with checkpoints.checkpoint_manager(run_dir, max_to_keep=1, async_save=False) as manager:
+    with checkpoints.checkpoint_reader(run_dir) as manager:
         step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
             raise ConfigError(f"init_from={init_from!r}: no complete checkpoint found "
