@@ -111,6 +111,15 @@ def make_run_dir(run_dir: str, config, seed: int, step: int, poison: str = "") -
     return jax.device_get(state.params)
 
 
+def damage(step_dir):
+    """Truncate every array data file of a saved step (as a full disk or a killed copy would)."""
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        if os.path.basename(root) == "d":
+            for name in files:
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(8)
+
+
 def read_losses(workdir: str) -> dict:
     """{step: loss} of a run's metrics.jsonl train rows."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import tiny_pretrain_config
+from conftest import damage, tiny_pretrain_config
 from mim_jax import workdir as run_dirs
 from mim_jax.config.run_config import read_run_config
 from mim_jax.config.validation import ConfigError
@@ -103,15 +103,6 @@ def test_old_run_config_and_signature_read_with_the_new_field_names(tmp_path):
                                            if k not in SHAPE_FREE_MODEL_FIELDS + ("mask_ratio", "norm_pix_loss")}}
     assert "decoder" in saved["model"]
     checkpoints.check_signature(saved, model_signature(tiny_pretrain_config("unused")), str(tmp_path))
-
-
-def damage(step_dir):
-    """Truncate every array data file of a saved step (as a full disk or a killed copy would)."""
-    for root, _, files in os.walk(os.path.join(step_dir, "state")):
-        if os.path.basename(root) == "d":
-            for name in files:
-                with open(os.path.join(root, name), "r+b") as f:
-                    f.truncate(8)
 
 
 @pytest.mark.slow

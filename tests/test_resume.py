@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import make_run_dir, tiny_pretrain_config
+from conftest import damage, make_run_dir, tiny_pretrain_config
 from mim_jax.errors import ConfigError
 from mim_jax.parallel.sharding import make_mesh
 from mim_jax.train import checkpoints, resume
@@ -111,3 +111,19 @@ def test_resume_from_path_restores_full_state_and_own_checkpoint_wins(source_run
     other.model.width, other.ckpt.resume_from = 64, run_dir
     with pytest.raises(ConfigError, match=r"belongs to another model \(model.width: checkpoint 32 vs config 64\)"):
         start(other, str(tmp_path / "other"))
+
+
+@pytest.mark.slow
+def test_resume_from_a_run_with_a_damaged_step_reads_the_previous_one_and_moves_nothing(tmp_path, capsys):
+    config = tiny_pretrain_config("unused")
+    run_dir = str(tmp_path / "source")
+    older = make_run_dir(run_dir, config, seed=3, step=4)
+    make_run_dir(run_dir, config, seed=5, step=6)
+    damage(f"{run_dir}/checkpoints/6")
+    listing = sorted(str(p.relative_to(run_dir)) for p in (tmp_path / "source").rglob("*"))
+    config.ckpt.resume_from = run_dir
+    step, state = start(config, str(tmp_path / "new"))
+    assert step == 4
+    assert_trees_equal(state.params, older)
+    assert f"Warning: checkpoint {run_dir}/checkpoints/6 is damaged (" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run_dir)) for p in (tmp_path / "source").rglob("*")) == listing
